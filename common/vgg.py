@@ -1,0 +1,176 @@
+"""VGG-16 / VGG-19 feature extractors in torchvision's layer structure (flax.nnx).
+
+One implementation serves both variants: a variant is a layer table (`VGG16`, `VGG19`), and
+`VGG` builds the convolutions of that table up to the deepest requested tap. Layers are named
+`conv{block}_{index}` so that loading a torchvision checkpoint is one mapping (torch OIHW
+weights transpose (2, 3, 1, 0) to Flax HWIO kernels):
+
+    VGG-19  features.N  ->  module               tap after ReLU / pool
+            0               conv1_1              relu1_1
+            2               conv1_2              relu1_2
+            4               (max-pool)           pool1
+            5               conv2_1              relu2_1
+            7               conv2_2              relu2_2
+            9               (max-pool)           pool2
+            10, 12, 14, 16  conv3_1 .. conv3_4   relu3_1 .. relu3_4
+            18              (max-pool)           pool3
+            19, 21, 23, 25  conv4_1 .. conv4_4   relu4_1 .. relu4_4
+            27              (max-pool)           pool4
+            28, 30, 32, 34  conv5_1 .. conv5_4   relu5_1 .. relu5_4
+            36              (max-pool)           pool5
+
+    VGG-16  features.N  ->  module
+            0, 2            conv1_1, conv1_2     (pool1 = features.4)
+            5, 7            conv2_1, conv2_2     (pool2 = features.9)
+            10, 12, 14      conv3_1 .. conv3_3   (pool3 = features.16)
+            17, 19, 21      conv4_1 .. conv4_3   (pool4 = features.23)
+            24, 26, 28      conv5_1 .. conv5_3   (pool5 = features.30)
+
+`torchvision_index(variant)` returns this table as a dict (module name -> features index), so
+the checkpoint loader never hard-codes indices. Keys of a torchvision checkpoint beyond the
+deepest built layer (and `classifier.*`) are simply not needed.
+
+Convolutions are 3x3 with zero padding 1, each followed by ReLU; pooling is 2x2 max with
+stride 2 (odd sizes are floored, as in torch). Inputs are RGB in [0, 1]; the ImageNet mean/std
+normalisation happens inside the model. Random initialisation follows torchvision
+(Kaiming-normal, fan-out, zero bias).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Layer tables: numbers are conv output channels, "M" a 2x2 max-pool (torchvision cfgs "D", "E").
+VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+VGG19 = (
+    64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+    512, 512, 512, 512, "M", 512, 512, 512, 512, "M",
+)  # fmt: skip
+VARIANTS = {"vgg16": VGG16, "vgg19": VGG19}
+
+# The five taps QAGAN's encoder and cycle loss use.
+QAGAN_TAPS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+
+
+def _layer_names(cfg: Sequence[int | str]) -> list[tuple[str, str, int | None, int]]:
+    """(module name, tap name, out channels or None for a pool, torchvision features index)."""
+    layers, block, conv, index = [], 1, 1, 0
+    for item in cfg:
+        if item == "M":
+            layers.append((f"pool{block}", f"pool{block}", None, index))
+            block, conv, index = block + 1, 1, index + 1
+        else:
+            layers.append((f"conv{block}_{conv}", f"relu{block}_{conv}", int(item), index))
+            conv, index = conv + 1, index + 2  # conv, then ReLU
+    return layers
+
+
+def available_taps(variant: str | Sequence[int | str] = "vgg19") -> tuple[str, ...]:
+    """Every tap name of a variant, in network order (`relu1_1`, ..., `pool5`)."""
+    cfg = VARIANTS[variant] if isinstance(variant, str) else variant
+    return tuple(tap for _, tap, _, _ in _layer_names(cfg))
+
+
+def torchvision_index(variant: str | Sequence[int | str] = "vgg19") -> dict[str, int]:
+    """Module name (`conv3_2`, `pool3`, ...) -> torchvision `features.N` index."""
+    cfg = VARIANTS[variant] if isinstance(variant, str) else variant
+    return {name: index for name, _, _, index in _layer_names(cfg)}
+
+
+class VGG(nnx.Module):
+    """VGG feature extractor returning a dict of intermediate activations (NHWC).
+
+    Args:
+      cfg: a variant name (`"vgg16"`, `"vgg19"`) or a layer table like `VGG19`.
+      taps: tap names to return (`reluX_Y` after a conv's ReLU, `poolX` after a max-pool).
+        Only the layers up to the deepest tap are built and run.
+      width: channel divisor for tiny test networks (1 = the real network; 16 gives
+        4, 8, 16, 32, 32 channels). Real checkpoints need `width=1`.
+      rngs: `nnx.Rngs` for the random initialisation.
+
+    Calling the model on `images` (N, H, W, 3) with values in [0, 1] returns
+    `{tap: (N, H', W', C')}` for the requested taps.
+    """
+
+    def __init__(
+        self,
+        cfg: str | Sequence[int | str] = "vgg19",
+        *,
+        taps: Sequence[str] = QAGAN_TAPS,
+        width: int = 1,
+        rngs: nnx.Rngs,
+    ):
+        cfg = VARIANTS[cfg] if isinstance(cfg, str) else tuple(cfg)
+        layers = _layer_names(cfg)
+        names = [tap for _, tap, _, _ in layers]
+        unknown = [t for t in taps if t not in names]
+        if unknown:
+            raise ValueError(f"unknown VGG taps {unknown}; available: {names}")
+        if not taps:
+            raise ValueError("request at least one tap")
+        deepest = max(names.index(t) for t in taps)
+        self.taps = tuple(taps)
+        self.width = width
+        self.channels: dict[
+            str, int
+        ] = {}  # tap -> channels, for callers that size their layers from it
+        self.layer_names: list[str] = []  # module names in order, up to the deepest tap
+        init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision's
+        in_ch = 3
+        for name, tap, out_ch, _ in layers[: deepest + 1]:
+            self.layer_names.append(name)
+            if out_ch is not None:
+                out_ch = max(out_ch // width, 1)
+                conv = nnx.Conv(
+                    in_ch,
+                    out_ch,
+                    (3, 3),
+                    padding=((1, 1), (1, 1)),
+                    kernel_init=init,
+                    bias_init=jax.nn.initializers.zeros,
+                    rngs=rngs,
+                )
+                setattr(self, name, conv)
+                in_ch = out_ch
+            self.channels[tap] = in_ch
+
+    def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
+        mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
+        std = jnp.asarray(IMAGENET_STD, jnp.float32)
+        x = (jnp.asarray(images, jnp.float32) - mean) / std
+        out = {}
+        for name in self.layer_names:
+            if name.startswith("pool"):
+                x = nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+                tap = name
+            else:
+                x = jax.nn.relu(getattr(self, name)(x))
+                tap = "relu" + name[len("conv") :]
+            if tap in self.taps:
+                out[tap] = x
+        return out
+
+
+def random_vgg19(seed: int = 0, *, taps: Sequence[str] = QAGAN_TAPS, width: int = 1) -> VGG:
+    """VGG-19 up to `relu5_1` (by default) with random torchvision-style weights.
+
+    Calling it on (N, H, W, 3) images in [0, 1] returns `relu1_1 ... relu5_1` (NHWC).
+    """
+    return VGG("vgg19", taps=taps, width=width, rngs=nnx.Rngs(seed))
+
+
+def random_vgg16(seed: int = 0, *, taps: Sequence[str] = ("pool5",), width: int = 1) -> VGG:
+    """VGG-16 with random weights; `pool5` is (N, H/32, W/32, 512) for `width=1`."""
+    return VGG("vgg16", taps=taps, width=width, rngs=nnx.Rngs(seed))
+
+
+def load_vgg19(path: str):
+    """VGG-19 from a torchvision checkpoint (`vgg19-dcbb9e9d.pth`). A later issue."""
+    raise NotImplementedError("load_vgg19 arrives with the checkpoint readers (weights.md)")

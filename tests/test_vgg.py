@@ -1,0 +1,76 @@
+"""VGG-16/19 feature model: layer structure, taps, shapes, normalisation, parameter counts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from common import vgg
+
+
+def _param_count(make):
+    abstract = nnx.eval_shape(make)
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+
+
+def test_vgg19_qagan_taps_shapes():
+    model = vgg.random_vgg19(seed=0, width=16)
+    out = model(jnp.full((2, 32, 32, 3), 0.5))
+    assert set(out) == set(vgg.QAGAN_TAPS)
+    assert out["relu1_1"].shape == (2, 32, 32, 4)
+    assert out["relu2_1"].shape == (2, 16, 16, 8)
+    assert out["relu3_1"].shape == (2, 8, 8, 16)
+    assert out["relu4_1"].shape == (2, 4, 4, 32)
+    assert out["relu5_1"].shape == (2, 2, 2, 32)
+    # Only conv1_1 ... conv5_1 are built: no parameters past the deepest tap.
+    assert model.layer_names[-1] == "conv5_1"
+    assert not hasattr(model, "conv5_2")
+
+
+def test_vgg16_pool5_and_every_tap_available():
+    taps = vgg.available_taps("vgg16")
+    assert taps[-1] == "pool5" and "relu5_3" in taps and "relu5_4" not in taps
+    model = vgg.random_vgg16(seed=1, taps=("relu3_3", "pool5"), width=16)
+    out = model(jnp.zeros((1, 64, 64, 3)))
+    assert out["pool5"].shape == (1, 2, 2, 32)
+    assert out["relu3_3"].shape == (1, 16, 16, 16)
+
+
+def test_full_size_parameter_counts():
+    # torchvision: VGG-19 convs up to conv5_1 and all 13 VGG-16 convs.
+    assert _param_count(lambda: vgg.random_vgg19()) == 12_944_960
+    assert _param_count(lambda: vgg.random_vgg16()) == 14_714_688
+
+
+def test_torchvision_index_table():
+    idx = vgg.torchvision_index("vgg19")
+    convs = [idx[n] for n in idx if n.startswith("conv")]
+    assert convs == [0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34]
+    assert [idx[f"pool{i}"] for i in range(1, 6)] == [4, 9, 18, 27, 36]
+    idx16 = vgg.torchvision_index("vgg16")
+    assert [idx16[f"pool{i}"] for i in range(1, 6)] == [4, 9, 16, 23, 30]
+    assert idx16["conv5_3"] == 28
+
+
+def test_first_tap_matches_numpy_reference():
+    """ImageNet normalisation inside, zero padding, ReLU: checked against plain numpy."""
+    model = vgg.random_vgg19(seed=3, taps=("relu1_1",), width=16)
+    x = np.random.default_rng(0).uniform(0, 1, (1, 6, 5, 3)).astype(np.float32)
+    y = (x - np.array(vgg.IMAGENET_MEAN)) / np.array(vgg.IMAGENET_STD)
+    yp = np.pad(y, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    k = np.asarray(model.conv1_1.kernel[...])
+    b = np.asarray(model.conv1_1.bias[...])
+    ref = np.zeros((1, 6, 5, k.shape[-1]))
+    for i in range(3):
+        for j in range(3):
+            ref += np.einsum("nhwc,co->nhwo", yp[:, i : i + 6, j : j + 5], k[i, j])
+    ref = np.maximum(ref + b, 0)
+    np.testing.assert_allclose(model(x)["relu1_1"], ref, atol=1e-5)
+
+
+def test_max_pool_floors_odd_sizes_and_unknown_tap_fails():
+    model = vgg.random_vgg19(taps=("pool1",), width=16)
+    assert model(jnp.zeros((1, 9, 7, 3)))["pool1"].shape == (1, 4, 3, 4)
+    with pytest.raises(ValueError, match="unknown VGG taps"):
+        vgg.random_vgg19(taps=("relu9_9",))
