@@ -1,0 +1,303 @@
+"""PIEA filters against independent numpy references (spec/piea.md §3), plus jit/vmap/grad."""
+
+import colorsys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import piea_jax
+from piea_jax import filters
+
+LUM = np.array([0.27, 0.67, 0.06])
+
+
+# --- independent references: literal formulas in numpy, float64 -------------------------------
+
+
+def ref_luminance(x):
+    return x[..., 0] * 0.27 + x[..., 1] * 0.67 + x[..., 2] * 0.06
+
+
+def ref_exposure(x, ev):
+    return x * 2.0**ev
+
+
+def ref_gamma(x, g):
+    return np.maximum(x, 1e-3) ** g
+
+
+def ref_white_balance(x, gains):
+    gains = np.asarray(gains, np.float64)
+    return x * gains / (1e-5 + gains @ LUM)
+
+
+def ref_saturation(x, s):
+    # Through Python's own HSV conversion: same hue and value, saturation S'.
+    c = np.minimum(x, 1.0)
+    boosted = np.empty_like(c)
+    for idx in np.ndindex(c.shape[:-1]):
+        h, sat, v = colorsys.rgb_to_hsv(*c[idx])
+        sat2 = sat + (1 - sat) * (0.5 - abs(0.5 - v)) * 0.8
+        # Greys have no hue; the spec leaves them unchanged (F = c where S = 0).
+        boosted[idx] = colorsys.hsv_to_rgb(h, sat2, v) if sat > 0 else c[idx]
+    return x + s * (boosted - c)
+
+
+def ref_curve(x, t):
+    t = np.asarray(t, np.float64)
+    k = len(t)
+    acc = sum(t[i] * np.clip(x - i / k, 0, 1 / k) for i in range(k))
+    return k / t.sum() * acc
+
+
+def ref_tone_curve(x, t):
+    return ref_curve(x, t)
+
+
+def ref_contrast(x, a):
+    lum = np.clip(ref_luminance(x), 0, 1)[..., None]
+    enhanced = x * ((1 - np.cos(np.pi * lum)) / 2) / (lum + 1e-6)
+    return x + a * (enhanced - x)
+
+
+def ref_black_and_white(x, b):
+    return x + b * (ref_luminance(x)[..., None] - x)
+
+
+def ref_color_curve(x, c):
+    return np.stack([ref_curve(x[..., k], c[k]) for k in range(3)], axis=-1)
+
+
+REFERENCES = {
+    "exposure": ref_exposure,
+    "gamma": ref_gamma,
+    "white_balance": ref_white_balance,
+    "saturation": ref_saturation,
+    "tone_curve": ref_tone_curve,
+    "contrast": ref_contrast,
+    "black_and_white": ref_black_and_white,
+    "color_curve": ref_color_curve,
+}
+
+# Non-trivial physical values per filter (several each), inside the §4 ranges.
+CURVE_A = [0.6, 1.9, 1.0, 0.8, 1.5, 0.55, 1.2, 2.0]
+CURVE_B = [2.0, 1.0, 0.5, 1.0, 1.3, 0.9, 0.7, 1.1]
+COLOR_A = [[0.9 + 0.025 * i for i in range(8)], [1.1 - 0.02 * i for i in range(8)], [1.0] * 8]
+PHYSICAL_CASES = {
+    "exposure": [-2.3, 0.7, 1.45],
+    "gamma": [0.4, 1 / 1.5, 2.7],
+    "white_balance": [[1.0, 0.7, 1.5], [1.0, 1.3, 0.8]],
+    "saturation": [-0.8, 0.5, 1.0],
+    "tone_curve": [CURVE_A, CURVE_B],
+    "contrast": [-0.9, 0.25, 1.0],
+    "black_and_white": [-0.5, 0.3, 1.0],
+    "color_curve": [COLOR_A],
+}
+IDENTITY = {
+    "exposure": 0.0,
+    "gamma": 1.0,
+    "white_balance": [1.0, 1.0, 1.0],
+    "saturation": 0.0,
+    "tone_curve": [1.3] * 8,
+    "contrast": 0.0,
+    "black_and_white": 0.0,
+    "color_curve": [[0.95] * 8, [1.0] * 8, [1.07] * 8],
+}
+CASES = [(name, p) for name, values in PHYSICAL_CASES.items() for p in values]
+
+
+def make_image(seed=0, shape=(9, 11)):
+    """Seeded image with exact zeros, exact greys, pure primaries and values slightly above 1."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.0, 1.05, size=(*shape, 3))
+    x[0, 0] = 0.0  # black
+    x[0, 1] = 0.5  # grey
+    x[0, 2] = [1.0, 0.0, 0.0]  # primary
+    x[0, 3] = [1.03, 1.02, 1.01]  # near-white above 1
+    x[0, 4] = [0.0, 0.2, 0.9]
+    x[1, 0] = [1.04, 0.3, 0.0]  # one channel above 1
+    x[1, 1] = [0.125, 0.25, 0.375]  # exactly on curve knots
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("name,p", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
+def test_filter_matches_reference(name, p):
+    x = make_image()
+    got = np.asarray(getattr(filters, name)(jnp.asarray(x), jnp.asarray(p, jnp.float32)))
+    want = REFERENCES[name](x.astype(np.float64), np.asarray(p, np.float64))
+    assert got.shape == x.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=2e-6, rtol=2e-6)
+
+
+def test_luminance_matches_reference():
+    x = make_image()
+    np.testing.assert_allclose(filters.luminance(x), ref_luminance(x), atol=1e-6)
+    assert filters.luminance(x).shape == x.shape[:2]
+
+
+@pytest.mark.parametrize("name", piea_jax.FILTER_ORDER)
+def test_identity_at_neutral_parameters(name):
+    x = make_image()
+    if name == "gamma":
+        x = np.maximum(x, 1e-3)  # the 1e-3 floor is part of the formula
+    if name in ("tone_curve", "color_curve"):
+        x = np.clip(x, 0.0, 1.0)  # the curves clamp by construction
+    out = getattr(filters, name)(x, jnp.asarray(IDENTITY[name], jnp.float32))
+    np.testing.assert_allclose(out, x, atol=2e-5)
+
+
+def test_curves_clamp_outside_unit_interval():
+    x = jnp.array([[[-0.2, 0.0, 1.0]], [[1.0, 1.3, 7.0]]], jnp.float32)
+    out = filters.tone_curve(x, jnp.asarray(CURVE_A))
+    np.testing.assert_array_equal(out, [[[0.0, 0.0, 1.0]], [[1.0, 1.0, 1.0]]])
+
+
+def test_saturation_full_strength_is_exposures_filter():
+    # At s = 1 and x <= 1 the output is the boosted colour itself (EXPOSURE's Saturation+).
+    x = np.clip(make_image(), 0, 1)
+    out = filters.saturation(x, 1.0)
+    np.testing.assert_allclose(out, ref_saturation(x, 1.0), atol=2e-6)
+    # ...which keeps HSV value and raises HSV saturation.
+    np.testing.assert_allclose(np.max(out, -1), np.max(x, -1), atol=1e-6)
+
+
+def test_saturation_leaves_greys_alone():
+    greys = np.full((2, 3, 3), 0.37, np.float32)
+    greys[0, 0] = 0.0
+    np.testing.assert_allclose(filters.saturation(greys, 0.9), greys, atol=1e-7)
+
+
+# --- jit, vmap, grad ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", piea_jax.FILTER_ORDER)
+def test_jit_equals_eager(name):
+    x = jnp.asarray(make_image())
+    p = jnp.asarray(PHYSICAL_CASES[name][0], jnp.float32)
+    f = getattr(filters, name)
+    np.testing.assert_allclose(jax.jit(f)(x, p), f(x, p), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", piea_jax.FILTER_ORDER)
+def test_vmap_over_per_image_params_equals_loop(name):
+    images = jnp.stack([jnp.asarray(make_image(seed)) for seed in range(3)])
+    values = PHYSICAL_CASES[name]
+    params = jnp.asarray([values[i % len(values)] for i in range(3)], jnp.float32)
+    f = getattr(filters, name)
+    batched = jax.vmap(f)(images, params)
+    looped = jnp.stack([f(images[i], params[i]) for i in range(3)])
+    np.testing.assert_allclose(batched, looped, atol=1e-6)
+
+
+def _raw_case(seed):
+    """Raw parameters away from zero, so no gradient vanishes by symmetry."""
+    keys = jax.random.split(jax.random.key(seed), len(piea_jax.RAW_SHAPES))
+    return {
+        name: 0.6 * jax.random.normal(k, shape, jnp.float64)
+        for k, (name, shape) in zip(keys, piea_jax.RAW_SHAPES.items(), strict=True)
+    }
+
+
+@pytest.mark.parametrize("name", piea_jax.FILTER_ORDER)
+def test_gradients_match_finite_differences(name):
+    with jax.enable_x64(True):
+        # The image gets kinks (0, 1, curve knots, greys); the parameters see smooth functions.
+        kinky = jnp.asarray(make_image(3, (6, 7)), jnp.float64)
+        # Kink-free image for the image gradient: values away from knots, 0, 1 and ties.
+        rng = np.random.default_rng(4)
+        knots = rng.integers(0, 8, (5, 6, 3)) / 8
+        smooth = jnp.asarray(knots + rng.uniform(0.02, 0.105, knots.shape))
+        raw = _raw_case(0)
+
+        @jax.jit
+        def loss(raw_value, image):
+            physical = piea_jax.to_physical({**raw, name: raw_value})[name]
+            out = getattr(filters, name)(image, physical)
+            return jnp.sum(jnp.cos(3.0 * image[..., ::-1]) * out)
+
+        check_grads(lambda r: loss(r, kinky), (raw[name],), order=1, eps=1e-6, atol=1e-6, rtol=1e-6)
+        check_grads(lambda im: loss(raw[name], im), (smooth,), order=1, eps=1e-6, rtol=1e-6)
+        g_raw, g_image = jax.grad(loss, argnums=(0, 1))(raw[name], kinky)
+        assert np.all(np.isfinite(g_raw)) and np.all(np.isfinite(g_image))
+        assert np.all(np.abs(g_raw) > 1e-8), f"{name}: a parameter gets no gradient: {g_raw}"
+
+
+def test_chain_gradients_finite_and_nonzero_at_pieas_start():
+    # Every raw parameter moves from PIEA's start on a real-looking image with 0s and >1 values.
+    x = jnp.asarray(make_image(5, (16, 16)))
+    weights = jax.random.normal(jax.random.key(2), x.shape)
+
+    def loss(raw):
+        return jnp.sum(weights * piea_jax.apply_filters(x, piea_jax.to_physical(raw)))
+
+    grads = jax.jit(jax.grad(loss))(piea_jax.initial_raw_params())
+    for name, g in grads.items():
+        assert np.all(np.isfinite(g)), name
+        assert np.all(np.abs(g) > 0), f"{name}: {g}"
+
+
+# --- parameters and chain ----------------------------------------------------------------------
+
+
+def test_initial_params_are_plus_one_ev_and_identity_elsewhere():
+    raw = piea_jax.initial_raw_params()
+    assert {k: v.shape for k, v in raw.items()} == piea_jax.RAW_SHAPES
+    physical = piea_jax.to_physical(raw)
+    np.testing.assert_allclose(physical["exposure"], 1.0, atol=1e-6)
+    for name in piea_jax.FILTER_ORDER[1:]:
+        x = np.clip(np.maximum(make_image(), 1e-3), 0, 1)
+        out = piea_jax.FILTERS[name](x, physical[name])
+        np.testing.assert_allclose(out, x, atol=2e-5, err_msg=name)
+    x = np.clip(make_image(), 0.001, 0.5)
+    np.testing.assert_allclose(piea_jax.apply_filters(x, physical), 2 * x, atol=2e-5)
+
+
+def test_to_physical_ranges():
+    big = {name: jnp.full(shape, 50.0) for name, shape in piea_jax.RAW_SHAPES.items()}
+    small = {name: -v for name, v in big.items()}
+    hi, lo = piea_jax.to_physical(big), piea_jax.to_physical(small)
+    np.testing.assert_allclose(hi["exposure"], 3.5)
+    np.testing.assert_allclose(lo["exposure"], -3.5)
+    np.testing.assert_allclose([hi["gamma"], lo["gamma"]], [3.0, 1 / 3], rtol=1e-6)
+    np.testing.assert_allclose(hi["white_balance"], [1, np.e**0.5, np.e**0.5], rtol=1e-6)
+    np.testing.assert_allclose(lo["tone_curve"], 0.5)
+    np.testing.assert_allclose(hi["color_curve"], 1.1)
+    for name in ("saturation", "contrast", "black_and_white"):
+        np.testing.assert_allclose([lo[name], hi[name]], [-1, 1])
+
+
+def test_apply_filters_composes_in_order():
+    x = make_image()
+    physical = {name: jnp.asarray(PHYSICAL_CASES[name][0], jnp.float32) for name in IDENTITY}
+    want = x.astype(np.float64)
+    for name in piea_jax.FILTER_ORDER:
+        want = REFERENCES[name](want, np.asarray(PHYSICAL_CASES[name][0], np.float64))
+    np.testing.assert_allclose(piea_jax.apply_filters(x, physical), want, atol=1e-5)
+    # A custom order applies only the named filters, in that order.
+    order = ("contrast", "exposure")
+    custom = ref_exposure(ref_contrast(x.astype(np.float64), -0.9), -2.3)
+    np.testing.assert_allclose(piea_jax.apply_filters(x, physical, order), custom, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown filter"):
+        piea_jax.apply_filters(x, physical, ("exposure", "vignette"))
+
+
+def test_describe_lists_non_identity_filters_in_chain_order():
+    physical = piea_jax.to_physical(piea_jax.initial_raw_params())
+    assert piea_jax.describe(physical) == "Exposure +1.00 EV"
+    physical = {
+        **physical,
+        "exposure": 1.45,
+        "gamma": 1 / 1.5,
+        "contrast": 0.25,
+        "saturation": -0.3,
+    }
+    assert piea_jax.describe(physical) == (
+        "Exposure +1.45 EV, Gamma 1/1.50, Saturation -0.30, Contrast +0.25"
+    )
+    physical = {**physical, "tone_curve": np.array([1, 1, 1, 1, 1, 1, 1.5, 0.5]) * 1.2}
+    assert "Tone curve 1.00/1.00/1.00/1.00/1.00/1.00/1.50/0.50" in piea_jax.describe(physical)
+    neutral = piea_jax.to_physical({k: jnp.zeros(s) for k, s in piea_jax.RAW_SHAPES.items()})
+    assert piea_jax.describe(neutral) == "Identity (no change)"
