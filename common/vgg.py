@@ -118,14 +118,13 @@ class VGG(nnx.Module):
         deepest = max(names.index(t) for t in taps)
         self.taps = tuple(taps)
         self.width = width
-        self.channels: dict[
-            str, int
-        ] = {}  # tap -> channels, for callers that size their layers from it
-        self.layer_names: list[str] = []  # module names in order, up to the deepest tap
+        # Static attributes stay hashable (tuples), so the module's GraphDef can key a jit cache.
+        channels: list[tuple[str, int]] = []
+        layer_names: list[str] = []
         init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision's
         in_ch = 3
         for name, tap, out_ch, _ in layers[: deepest + 1]:
-            self.layer_names.append(name)
+            layer_names.append(name)
             if out_ch is not None:
                 out_ch = max(out_ch // width, 1)
                 conv = nnx.Conv(
@@ -139,7 +138,14 @@ class VGG(nnx.Module):
                 )
                 setattr(self, name, conv)
                 in_ch = out_ch
-            self.channels[tap] = in_ch
+            channels.append((tap, in_ch))
+        self.layer_names = tuple(layer_names)  # module names in order, up to the deepest tap
+        self._tap_channels = tuple(channels)
+
+    @property
+    def channels(self) -> dict[str, int]:
+        """Channels of every tap up to the deepest requested one (sizes layers that use them)."""
+        return dict(self._tap_channels)
 
     def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
         mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
