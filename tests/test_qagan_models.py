@@ -1,0 +1,189 @@
+"""QAGAN networks: shapes, parameter counts, the QAM statistics property, spectral norm."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from qagan_jax import models
+
+# Tiny networks compile far faster than they run; skip LLVM's optimisations for them.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+TINY_FEATS = (4, 8, 16, 32, 32)  # VGG-19 tap channels at width 16
+
+
+def build(cls, *args, seed=0, **kwargs):
+    """`cls(*args, **kwargs, rngs=...)` initialised under jit with an RBG key: eager init
+    compiles every threefry draw separately, which takes minutes on a busy 2-core CPU."""
+
+    def make():
+        return cls(*args, **kwargs, rngs=nnx.Rngs(jax.random.key(seed, impl="rbg")))
+
+    graphdef, _ = nnx.split(nnx.eval_shape(make))
+    state = jax.jit(lambda: nnx.state(make())).lower().compile(FAST_COMPILE)()
+    return nnx.merge(graphdef, state)
+
+
+def uniform(seed, shape):
+    return np.random.default_rng(seed).uniform(-1, 1, shape).astype(np.float32)
+
+
+def run(module, *args):
+    """Calls `module(*args)` under jit (eager XLA:CPU compiles every op separately)."""
+    graphdef, state = nnx.split(module)
+
+    @jax.jit
+    def call(state, *args):
+        return nnx.merge(graphdef, state)(*args)
+
+    return call.lower(state, *args).compile(FAST_COMPILE)(state, *args)
+
+
+def tiny_feats(seed, n, h, w):
+    # numpy, not jax.random: eager threefry compiles per shape (seconds each on this CPU).
+    rng = np.random.default_rng(seed)
+    return {
+        f"relu{i + 1}_1": np.maximum(rng.normal(size=(n, h >> i, w >> i, TINY_FEATS[i])), 0).astype(
+            np.float32
+        )
+        for i in range(5)
+    }
+
+
+def test_generator_shapes_any_size_divisible_by_16():
+    feats = tiny_feats(0, 2, 32, 48)
+    x = uniform(1, (2, 32, 48, 3))
+    g_h = build(models.GeneratorH, TINY_FEATS, width=16, seed=0)
+    g_l = build(models.GeneratorL, TINY_FEATS, width=16, seed=1)
+    y_h = run(g_h, feats, x)
+    y_l = run(g_l, feats, tiny_feats(2, 2, 32, 48))
+    assert y_h.shape == y_l.shape == (2, 32, 48, 3)
+    assert float(jnp.max(jnp.abs(y_h))) <= 1.0 and float(jnp.max(jnp.abs(y_l))) <= 1.0
+
+
+def test_generator_options_change_structure():
+    # No skips in G_L: level 3's first conv sees only the decoder's 16 (=256/16) channels.
+    g_l = nnx.eval_shape(
+        lambda: models.GeneratorL(TINY_FEATS, width=16, skips=False, rngs=nnx.Rngs(0))
+    )
+    assert g_l.decoder.conv3_1.conv.kernel.shape == (3, 3, 16, 16)
+    assert g_l.decoder.conv4_1.conv.kernel.shape == (3, 3, 32, 32)  # level 4: never a skip
+    g_l = nnx.eval_shape(lambda: models.GeneratorL(TINY_FEATS, width=16, rngs=nnx.Rngs(0)))
+    assert g_l.decoder.conv3_1.conv.kernel.shape == (3, 3, 32, 16)
+    # Global residual: clip(tanh + x, -1, 1).
+    g_h = build(models.GeneratorH, TINY_FEATS, width=16, global_residual=True, seed=0)
+    feats = tiny_feats(0, 1, 32, 32)
+    x = jnp.full((1, 32, 32, 3), 0.9)
+    plain = nnx.merge(*nnx.split(g_h))
+    plain.global_residual = False
+    np.testing.assert_allclose(
+        run(g_h, feats, x), jnp.clip(run(plain, feats, x) + x, -1, 1), atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("all_heads", [False, True])
+def test_discriminator_heads(all_heads):
+    d = build(models.Discriminator, width=16, all_heads=all_heads, seed=0)
+    heads = run(d, uniform(0, (2, 32, 32, 3)))
+    want = [(2, 16, 16, 1), (2, 8, 8, 1), (2, 4, 4, 1), (2, 2, 2, 1), (2, 1, 1, 1)]
+    assert [h.shape for h in heads] == (want if all_heads else [want[2], want[4]])
+    assert all(float(jnp.max(jnp.abs(h))) < 1.0 for h in heads)
+
+
+def _conv(k, a, b, bias=True):
+    return k * k * a * b + (b if bias else 0)
+
+
+def test_paper_size_parameter_counts():
+    """Counts from the layer lists in spec/qagan.md, against abstract (unallocated) modules."""
+    count = lambda make: models.param_count(nnx.eval_shape(make))  # noqa: E731
+    dec_from_4 = (
+        _conv(3, 512, 512) * 2 + _conv(3, 512, 256)  # level 4 after its first conv
+        + _conv(3, 512, 256) + _conv(3, 256, 256) * 2 + _conv(3, 256, 128)  # level 3
+        + _conv(3, 256, 128) + _conv(3, 128, 64)  # level 2
+        + _conv(3, 128, 64) + _conv(3, 64, 3)  # level 1
+    )  # fmt: skip
+    g_h = _conv(3, 512, 512) + _conv(3, 1024, 512) + dec_from_4
+    qam = 3 * _conv(1, 512, 64) + _conv(1, 64, 512)
+    g_l = 2 * qam + _conv(3, 512, 512) + _conv(3, 512, 512) + dec_from_4
+    blocks = (_conv(7, 3, 32) + _conv(7, 32, 64) + _conv(7, 64, 128) + _conv(5, 128, 256)
+              + _conv(5, 256, 512))  # fmt: skip
+    d = blocks + _conv(7, 128, 1, False) + _conv(5, 512, 1, False)
+    d_all = d + _conv(7, 32, 1, False) + _conv(7, 64, 1, False) + _conv(5, 256, 1, False)
+    assert count(lambda: models.GeneratorH(rngs=nnx.Rngs(0))) == g_h == 16_077_891
+    assert count(lambda: models.GeneratorL(rngs=nnx.Rngs(0))) == g_l == 13_982_147
+    assert count(lambda: models.Discriminator(rngs=nnx.Rngs(0))) == d == 4_622_528
+    assert count(lambda: models.Discriminator(all_heads=True, rngs=nnx.Rngs(0))) == d_all
+    assert count(lambda: models.QAM(512, rngs=nnx.Rngs(0))) == qam == 131_776
+
+
+QAM_FLAGS = [
+    dict(),
+    dict(normalization="literal"),
+    dict(residual=True, normalize_inputs=True, scale_logits=True),
+    dict(normalization="literal", residual=True),
+]
+
+
+@pytest.mark.parametrize("flags", QAM_FLAGS, ids=lambda f: ",".join(f) or "default")
+def test_qam_output_statistics_equal_f_l(flags):
+    """Eq. 5 is the last operation: per-sample, per-channel mean/std of the output = f_L's."""
+    rng = np.random.default_rng(0)
+    f_h = (3.0 * rng.normal(size=(2, 8, 8, 32)) + 1.0).astype(np.float32)
+    f_l = np.maximum(rng.normal(size=(2, 4, 6, 32)) * 2.0 - 0.5, 0).astype(np.float32)  # skewed
+    qam = build(models.QAM, 32, **flags, seed=3)
+    out = run(qam, f_h, f_l)
+    assert out.shape == f_h.shape
+    np.testing.assert_allclose(out.mean(axis=(1, 2)), f_l.mean(axis=(1, 2)), atol=1e-5)
+    eps = models.STAT_EPS
+    out_sigma = np.sqrt(np.var(out, axis=(1, 2)) + eps)
+    np.testing.assert_allclose(out_sigma, np.sqrt(np.var(f_l, axis=(1, 2)) + eps), rtol=1e-3)
+
+
+def test_qam_attention_readings_differ_and_follow_the_spec():
+    """Default: each f_H position averages f_L's values with weights summing to 1 over j."""
+    rng = np.random.default_rng(1)
+    f_h, f_l = rng.normal(size=(2, 1, 4, 4, 16)).astype(np.float32)
+    qam = build(models.QAM, 16, seed=0)
+    literal = build(models.QAM, 16, normalization="literal", seed=0)
+    assert not np.allclose(run(qam, f_h, f_l), run(literal, f_h, f_l), atol=1e-4)
+    # Independent re-computation of the default reading (before the statistics transfer).
+    conv = lambda c, x: x @ c.kernel[0, 0] + c.bias[...]  # noqa: E731
+    theta, key = conv(qam.theta, f_h).reshape(16, 2), conv(qam.v, f_l).reshape(16, 2)
+    value = conv(qam.phi, f_l).reshape(16, 2)
+    w = jax.nn.softmax(theta @ key.T, axis=1)
+    f_tilde = conv(qam.out, (w @ value).reshape(1, 4, 4, 2))
+    mu_t, sd_t = models.channel_stats(f_tilde)
+    mu_l, sd_l = models.channel_stats(f_l)
+    np.testing.assert_allclose(run(qam, f_h, f_l), sd_l * (f_tilde - mu_t) / sd_t + mu_l, atol=1e-4)
+
+
+def test_spectral_norm_power_iteration():
+    conv = build(models.SpectralConv, 8, 16, 5, stride=2, seed=0)
+    w = np.asarray(conv.conv.kernel[...]).reshape(-1, 16)
+    u0 = np.asarray(conv.u[...])
+    # One iteration, torch's order: v = normalize(W^T u), u = normalize(W v) with W = w.T.
+    conv.power_iterate()
+    v1 = w @ u0 / np.linalg.norm(w @ u0)
+    u1 = w.T @ v1 / np.linalg.norm(w.T @ v1)
+    np.testing.assert_allclose(conv.v[...], v1, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(conv.u[...], u1, rtol=1e-5, atol=1e-6)
+    # The forward pass never changes u, v; sigma converges to the top singular value.
+    graphdef, state = nnx.split(conv)
+
+    @jax.jit
+    def forward_then_state(state, x):
+        module = nnx.merge(graphdef, state)
+        module(x)
+        return nnx.state(module)
+
+    after = forward_then_state.lower(state, jnp.ones((1, 16, 16, 8))).compile(FAST_COMPILE)(
+        state, jnp.ones((1, 16, 16, 8))
+    )
+    chex_equal = jax.tree.map(np.testing.assert_array_equal, after, state)
+    del chex_equal
+    for _ in range(60):
+        conv.power_iterate()
+    top = np.linalg.svd(w, compute_uv=False)[0]
+    np.testing.assert_allclose(conv.sigma(), top, rtol=1e-4)
