@@ -22,3 +22,17 @@ __all__ = [
     "strategy_items",
     "to_physical",
 ]
+
+# The enhancer and the guiders (issue 3).
+from piea_jax.enhance import EnhanceResult, Trajectory, enhance, render  # noqa: E402
+from piea_jax.guiders import NimaGuider, nima_guider, photo_critic  # noqa: E402
+
+__all__ += [
+    "EnhanceResult",
+    "NimaGuider",
+    "Trajectory",
+    "enhance",
+    "nima_guider",
+    "photo_critic",
+    "render",
+]
