@@ -38,7 +38,9 @@ def exposure(image, ev):
 
 def gamma(image, g):
     """Gamma: max(x, 1e-3)^g, g > 0. Identity at g = 1 up to the 1e-3 floor."""
-    return jnp.maximum(image, GAMMA_FLOOR) ** g
+    # exp(g · log m) rather than m ** g: its gradients reuse the output (g · y / m, y · log m)
+    # instead of evaluating a second power.
+    return jnp.exp(g * jnp.log(jnp.maximum(image, GAMMA_FLOOR)))
 
 
 def white_balance(image, gains):
@@ -50,51 +52,58 @@ def white_balance(image, gains):
     return image * (gains / (1e-5 + luminance(gains)))
 
 
-def _hsv_saturation_boost(c):
-    """EXPOSURE's "Saturation+" target colour F for colours c in [0, 1].
+def _channel_max_min(c):
+    """Per-pixel max and min over the 3 channels, as (..., 1) arrays.
 
-    HSV value V = max(c), saturation S = (V − min(c)) / V; the boosted saturation is
-    S' = S + (1 − S)(0.5 − |0.5 − V|)·0.8, and F is the colour with c's hue and value and
-    saturation S'. Since V − c scales linearly with S at fixed hue and value,
-    F = V − (S'/S)(V − c) = c − (1 − S)·k·(V − c)/S with k = 0.8(0.5 − |0.5 − V|), and
-    (V − c)/S = V(V − c)/(V − min c). Greys (V = min c, including black) give F = c.
+    Pairwise extrema of channel slices, not `max(axis=-1)`: XLA fuses them with their
+    neighbours, and their gradients are selects rather than reductions with tie masks.
     """
-    v = jnp.max(c, axis=-1, keepdims=True)
-    m = jnp.min(c, axis=-1, keepdims=True)
-    chroma = v - m
-    is_colour = chroma > 0
-    # Double-where: the untaken branch must not produce inf/NaN, or its gradient poisons grad.
-    safe_chroma = jnp.where(is_colour, chroma, 1.0)
-    saturation_hsv = jnp.where(is_colour, chroma / jnp.where(is_colour, v, 1.0), 0.0)
-    k = 0.8 * (0.5 - jnp.abs(0.5 - v))
-    shift = (1.0 - saturation_hsv) * k * v * (v - c) / safe_chroma
-    return c - jnp.where(is_colour, shift, 0.0)
+    r, g, b = c[..., 0], c[..., 1], c[..., 2]
+    v = jnp.maximum(jnp.maximum(r, g), b)
+    m = jnp.minimum(jnp.minimum(r, g), b)
+    return v[..., None], m[..., None]
 
 
 def saturation(image, s):
     """Signed Saturation+ strength s: x + s · (F − c), c = min(x, 1), F = boosted c.
 
-    At s = 1 (and x ≤ 1) this is EXPOSURE's filter at full strength; s < 0 desaturates
-    away from the boosted colour; s = 0 is the identity. Highlights are clamped only inside
-    (F − c). Negative inputs are not expected (no filter before it produces them).
+    F is EXPOSURE's "Saturation+" colour: c's hue and HSV value V = max(c), with the HSV
+    saturation S = (V − min c)/V raised to S' = S + (1 − S) · k, k = 0.8 (0.5 − |0.5 − V|).
+    At fixed hue and value V − c scales with S, so F = V − (S'/S)(V − c), which simplifies to
+    F − c = −k · min(c) · (V − c) / (V − min c). Greys (V = min c, black included) stay.
+
+    At s = 1 (and x ≤ 1) this is EXPOSURE's filter at full strength; s < 0 desaturates away
+    from the boosted colour; s = 0 is the identity. Highlights are clamped only inside (F − c).
+    Negative inputs are not expected (no filter before it produces them).
     """
     c = jnp.minimum(image, 1.0)
-    return image + s * (_hsv_saturation_boost(c) - c)
+    v, m = _channel_max_min(c)
+    chroma = v - m
+    k = 0.8 * (0.5 - jnp.abs(0.5 - v))
+    # Greys divide by +inf: value 0 and gradient 0, never NaN (a 0/0 would poison grad).
+    m_over_chroma = m / jnp.where(chroma > 0, chroma, jnp.inf)
+    return image - (s * k * m_over_chroma) * (v - c)
 
 
 def _curve(x, slopes):
-    """Piecewise-linear monotone curve on [0, 1] with equal segments and the given slopes.
+    """Piecewise-linear monotone curves on [0, 1] with K equal segments and the given slopes.
 
-    Equals T(x) = (K / Σ t) Σ_i t_i · clip(x − i/K, 0, 1/K) (spec/piea.md §3), evaluated in
-    O(1) per value: segment index from x, cumulative slope sum up to it, one multiply-add.
-    T(x ≤ 0) = 0 and T(x ≥ 1) = 1 exactly. `slopes` (K,) > 0; only their ratios matter.
+    T(x) = (K / Σ t) Σ_i t_i · clip(x − i/K, 0, 1/K) (spec/piea.md §3), evaluated in O(1) per
+    value: segment index from x, cumulative slope sum before it, one multiply-add (the literal
+    sum would touch every value K times, forward and backward). T(x ≤ 0) = 0 and T(x ≥ 1) = 1
+    exactly. `slopes` is (K,) for one curve on every value, or (C, K) for one curve per
+    channel of x (..., C). Only slope ratios matter.
     """
     num_segments = slopes.shape[-1]
+    normalised = slopes / jnp.sum(slopes, axis=-1, keepdims=True)
+    before = jnp.cumsum(normalised, axis=-1) - normalised
     u = jnp.clip(x * num_segments, 0.0, num_segments)
-    segment = jnp.minimum(jnp.floor(u), num_segments - 1).astype(jnp.int32)
-    before = jnp.concatenate([jnp.zeros((1,), slopes.dtype), jnp.cumsum(slopes)[:-1]])
-    value = before[segment] + slopes[segment] * (u - segment)
-    return value / jnp.sum(slopes)
+    segment = jnp.minimum(jnp.floor(u), num_segments - 1)
+    frac = u - segment
+    if slopes.ndim == 2:  # one table per channel, flattened: index = channel · K + segment
+        segment = segment + num_segments * jnp.arange(slopes.shape[0], dtype=x.dtype)
+    index = segment.astype(jnp.int32)
+    return before.reshape(-1)[index] + normalised.reshape(-1)[index] * frac
 
 
 def tone_curve(image, slopes):
@@ -107,11 +116,14 @@ def tone_curve(image, slopes):
 
 def contrast(image, a):
     """Contrast strength a: x + a · (E − x), E = x · L' / (L + 1e-6), L = clip(lum(x), 0, 1),
-    L' = (1 − cos(π L)) / 2. a < 0 lowers contrast; a = 0 is the identity."""
-    lum = jnp.clip(luminance(image), 0.0, 1.0)[..., None]
-    enhanced_lum = 0.5 * (1.0 - jnp.cos(jnp.pi * lum))
-    enhanced = image * enhanced_lum / (lum + 1e-6)
-    return image + a * (enhanced - image)
+    L' = (1 − cos(π L)) / 2. a < 0 lowers contrast; a = 0 is the identity.
+
+    Computed as x · (1 + a · (L'/(L + 1e-6) − 1)), one per-pixel factor, which XLA fuses into
+    a single pass forward and backward.
+    """
+    lum = jnp.clip(luminance(image), 0.0, 1.0)
+    ratio = 0.5 * (1.0 - jnp.cos(jnp.pi * lum)) / (lum + 1e-6)
+    return image * (1.0 + a * (ratio - 1.0))[..., None]
 
 
 def black_and_white(image, b):
@@ -124,6 +136,4 @@ def color_curve(image, slopes):
 
     Output is in [0, 1] by construction. Identity when each row is constant.
     """
-    slopes = jnp.asarray(slopes)
-    channels = [_curve(image[..., k], slopes[k]) for k in range(3)]
-    return jnp.stack(channels, axis=-1)
+    return _curve(image, jnp.asarray(slopes))
