@@ -195,6 +195,16 @@ def _as_pytree_guider(guider: Callable) -> Callable:
     return jax.tree_util.Partial(guider)
 
 
+@jax.jit
+def _score(guider, image):
+    return guider(image)
+
+
+def guider_score(guider: Callable, image) -> jax.Array:
+    """The guider's score of ONE image (H, W, 3), compiled once per shape and guider."""
+    return _score(_as_pytree_guider(guider), jnp.asarray(image, jnp.float32))
+
+
 def _split_images(images) -> list[np.ndarray]:
     if isinstance(images, (np.ndarray, jax.Array)):
         images = np.asarray(images, np.float32)

@@ -171,6 +171,7 @@ def test_preview_shape_rules():
         preview_shape([(33, 50, 3), (50, 33, 3)], None)
 
 
+@pytest.mark.slow  # one more compilation (~10 s on a loaded 2-core CPU)
 def test_learning_rate_sweep_is_one_call(dark, result):
     rates = np.array([1e-4, 1e-3, 1e-2], np.float32)
     traces = enhance_module._search_traces

@@ -1,0 +1,363 @@
+r"""Batch PIEA enhancement from the command line.
+
+    python -m experiments.piea_enhance INPUT... --out DIR [--steps 20] [--lr 1e-3]
+        [--optimizer sgd] [--guider critic|nima] [--preview-size 256] [--batch-size 8]
+        [--progression] [--overwrite] [--recursive]
+    python -m experiments.piea_enhance --demo --out DIR
+
+INPUT: image files, folders and glob patterns. Per image, DIR receives
+  <name>.png                the enhanced image (8-bit PNG, full resolution),
+  <name>.strategy.json      filter values, the readable strategy line, scores per step,
+  <name>.progression.png    with --progression: raw, steps 1, 5, 10, 15, 20 (paper Fig. 4).
+Bad inputs get a message naming the file and the reason; the batch goes on and the command
+exits non-zero at the end. Inputs are never written; outputs are written atomically; existing
+outputs are kept unless --overwrite.
+
+The guider is the built-in photographic critic (`piea_jax.guiders.photo_critic`, NOT NIMA)
+unless `--guider nima --nima-weights FILE`; NIMA checkpoint loading arrives with the weights
+work, so until then `--guider nima` fails with a message (no silent random-weight NIMA).
+
+--demo enhances photos bundled with scikit-image (astronaut, coffee, chelsea, rocket), first
+darkened to 35 % of their values, with the paper's settings (SGD, lr 1e-3, 20 steps) unless
+--optimizer/--lr say otherwise; it also writes each darkened input as <name>.input.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
+
+from common.images import ImageLoadError, list_images, load_image, save_image, to_uint8
+from piea_jax import describe, enhance
+from piea_jax.enhance import guider_score, render, resize_preview
+from piea_jax.guiders import photo_critic
+
+_OUT = flags.DEFINE_string("out", None, "Output folder (created if missing).")
+_STEPS = flags.DEFINE_integer("steps", 20, "Optimiser steps M (paper: 20).", lower_bound=1)
+_LR = flags.DEFINE_float("lr", 1e-3, "Learning rate λ (paper: 1e-3).")
+_OPTIMIZER = flags.DEFINE_string(
+    "optimizer", "sgd", "optax optimiser name: sgd (the paper's plain gradient descent), adam, …"
+)
+_GUIDER = flags.DEFINE_enum(
+    "guider", "critic", ["critic", "nima"], "critic: built-in photographic critic (not NIMA)."
+)
+_NIMA_WEIGHTS = flags.DEFINE_string("nima-weights", None, "NIMA checkpoint for --guider nima.")
+_NIMA_BACKBONE = flags.DEFINE_string("nima-backbone", "vgg16", "Backbone of --nima-weights.")
+_PREVIEW_SIZE = flags.DEFINE_integer(
+    "preview-size", 256, "Short side of the search preview; 0 searches at full resolution."
+)
+_BATCH_SIZE = flags.DEFINE_integer("batch-size", 8, "Images per compiled search.", lower_bound=1)
+_PROGRESSION = flags.DEFINE_bool("progression", False, "Also write <name>.progression.png.")
+_DEMO = flags.DEFINE_bool("demo", False, "Enhance darkened photos bundled with scikit-image.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
+_RECURSIVE = flags.DEFINE_bool("recursive", False, "Descend into subfolders of input folders.")
+
+DEMO_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+DEMO_DARKENING = 0.35
+PROGRESSION_STEPS = (1, 5, 10, 15, 20)
+THUMBNAIL_HEIGHT = 160
+
+
+class _Item:
+    """One image of the job: where it comes from, where its outputs go, and its pixels."""
+
+    def __init__(self, name: str, source: Path | None, image: np.ndarray | None = None):
+        self.name = name
+        self.source = source
+        self.image = image
+
+
+# --- Guider ------------------------------------------------------------------------------------
+
+
+def _guider():
+    if _GUIDER.value == "critic":
+        return photo_critic, "photo_critic (built-in photographic critic; not NIMA)"
+    if not _NIMA_WEIGHTS.value:
+        raise app.UsageError(
+            "--guider nima needs --nima-weights FILE (a NIMA checkpoint); without one use "
+            "--guider critic. Random-weight NIMA scores mean nothing, so none is used silently."
+        )
+    try:
+        from common.nima import load_nima
+    except ImportError:
+        raise app.UsageError(
+            "NIMA checkpoint loading (common.nima.load_nima) is not implemented yet; "
+            "use --guider critic for now."
+        ) from None
+    from piea_jax.guiders import nima_guider
+
+    model = load_nima(_NIMA_WEIGHTS.value, backbone=_NIMA_BACKBONE.value)
+    return nima_guider(model), f"NIMA ({_NIMA_BACKBONE.value}, {_NIMA_WEIGHTS.value})"
+
+
+# --- Inputs and outputs ------------------------------------------------------------------------
+
+
+def _inputs(patterns: list[str], failures: list[str]) -> list[_Item]:
+    paths: dict[Path, None] = {}
+    for pattern in patterns:
+        try:
+            paths.update(dict.fromkeys(list_images([pattern], recursive=_RECURSIVE.value)))
+        except FileNotFoundError as e:
+            failures.append(str(e))
+            tqdm.write(f"error: {e}", file=sys.stderr)
+    items, taken = [], set()
+    for path in paths:
+        name, k = path.stem, 2
+        while name in taken:  # Same file name from different folders: <stem>_2, <stem>_3, …
+            name, k = f"{path.stem}_{k}", k + 1
+        taken.add(name)
+        items.append(_Item(name, path))
+    return items
+
+
+def _demo_items(out: Path, failures: list[str]) -> list[_Item]:
+    import skimage.data
+
+    items = []
+    for name in DEMO_PHOTOS:
+        photo = getattr(skimage.data, name)()[..., :3].astype(np.float32) / 255.0
+        dark = to_uint8(photo * DEMO_DARKENING)
+        try:
+            save_image(out / f"{name}.input.png", dark, overwrite=_OVERWRITE.value)
+        except FileExistsError as e:
+            failures.append(str(e))
+            tqdm.write(f"error: {e} (pass --overwrite to replace)", file=sys.stderr)
+            continue
+        items.append(_Item(name, None, dark.astype(np.float32) / 255.0))
+    return items
+
+
+def _outputs(out: Path, name: str) -> dict[str, Path]:
+    paths = {"image": out / f"{name}.png", "strategy": out / f"{name}.strategy.json"}
+    if _PROGRESSION.value:
+        paths["progression"] = out / f"{name}.progression.png"
+    return paths
+
+
+def _write_text(path: Path, text: str, *, overwrite: bool) -> None:
+    """Atomic text write: a temporary file in the same folder, then a rename."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        temp.write_text(text)
+        if overwrite:
+            os.replace(temp, path)
+        else:
+            os.link(temp, path)  # Fails if the target exists; never replaces it.
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _same(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+
+
+def _batches(items: list[_Item], size: int) -> Iterator[list[_Item]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# --- Reports -----------------------------------------------------------------------------------
+
+
+def _to_lists(tree):
+    return jax.tree.map(lambda x: np.asarray(x).round(6).tolist(), tree)
+
+
+def _strategy_record(item, result, i, settings, full_score) -> dict:
+    params = jax.tree.map(lambda p: np.asarray(p[i]), result.params)
+    trajectory = jax.tree.map(lambda p: np.asarray(p[i]), result.trajectory.params)
+    steps = len(result.scores[i]) - 1
+    return {
+        "input": str(item.source) if item.source else f"skimage.data.{item.name} (demo)",
+        "strategy": describe(params),
+        "filters": _to_lists(params),
+        "raw_params": _to_lists(jax.tree.map(lambda p: p[i], result.raw_params)),
+        "scores": _to_lists(result.scores[i]),
+        "losses": _to_lists(result.trajectory.losses[i]),
+        "score_full_resolution": round(float(full_score), 6),
+        "trajectory": [
+            {
+                "step": t,
+                "score": round(float(result.scores[i, t]), 6),
+                "strategy": describe(jax.tree.map(lambda p, t=t: p[t], trajectory)),
+                "filters": _to_lists(jax.tree.map(lambda p, t=t: p[t], trajectory)),
+            }
+            for t in range(steps + 1)
+        ],
+        "preview_shape": list(result.preview_shape),
+        **settings,
+    }
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one bitmap size only.
+        return ImageFont.load_default()
+
+
+def _wrap(text: str, font, width: int) -> list[str]:
+    """Greedy wrap at ", " so that each line fits `width` pixels."""
+    lines: list[str] = []
+    for part in text.split(", "):
+        candidate = f"{lines[-1]}, {part}" if lines else part
+        if lines and font.getlength(candidate) <= width:
+            lines[-1] = candidate
+        else:
+            lines.append(part)
+    return lines
+
+
+def progression_strip(image: np.ndarray, trajectory: dict, scores, strategy: str) -> np.ndarray:
+    """Paper Fig. 4 as one picture: the raw input, then the image after steps 1, 5, 10, 15, 20
+    (those that exist, plus the last), each labelled with its score, and the strategy line."""
+    steps = len(scores) - 1
+    shown = [t for t in PROGRESSION_STEPS if t < steps] + [steps]
+    h, w = image.shape[:2]
+    size = (THUMBNAIL_HEIGHT, max(1, round(w * THUMBNAIL_HEIGHT / h)))
+    thumb = resize_preview(image, size) if h > THUMBNAIL_HEIGHT else image
+    tiles = [("Raw", np.asarray(thumb))]
+    for t in shown:
+        params = jax.tree.map(lambda p, t=t: p[t], trajectory)
+        label = f"{t} step{'s' if t > 1 else ''} · S {float(scores[t]):.2f}"
+        tiles.append((label, np.asarray(render(thumb, params))))
+    pad, label_h, line_h = 6, 20, 18
+    tw = tiles[0][1].shape[1]
+    width = pad + len(tiles) * (tw + pad)
+    font = _font(13)
+    lines = _wrap(strategy.replace("×", "x"), font, width - 2 * pad)  # the font lacks "×"
+    height = label_h + thumb.shape[0] + 2 * pad + line_h * len(lines) + pad
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for k, (label, tile) in enumerate(tiles):
+        x = pad + k * (tw + pad)
+        draw.text((x, pad), label, fill="black", font=font)
+        canvas.paste(Image.fromarray(to_uint8(tile)), (x, pad + label_h))
+    for k, line in enumerate(lines):
+        y = 2 * pad + label_h + thumb.shape[0] + k * line_h
+        draw.text((pad, y), line, fill="black", font=font)
+    return np.asarray(canvas)
+
+
+# --- The job -----------------------------------------------------------------------------------
+
+
+def _enhance_batch(batch, guider, settings, out, protected, failures, progress) -> int:
+    """Enhance one batch and write its outputs; returns how many images succeeded."""
+    ready = []
+    for item in batch:
+        targets = _outputs(out, item.name)
+        clash = [str(p) for p in targets.values() if any(_same(p, q) for q in protected)]
+        if clash:
+            failures.append(f"{item.source}: refusing to write over an input file: {clash[0]}")
+            tqdm.write(f"error: {failures[-1]}", file=sys.stderr)
+            continue
+        existing = [str(p) for p in targets.values() if p.exists()]
+        if existing and not _OVERWRITE.value:
+            failures.append(f"{item.source or item.name}: output exists: {', '.join(existing)}")
+            tqdm.write(f"error: {failures[-1]} (pass --overwrite to replace)", file=sys.stderr)
+            continue
+        if item.image is None:
+            try:
+                item.image = load_image(item.source)
+            except (ImageLoadError, OSError) as e:
+                failures.append(str(e))
+                tqdm.write(f"error: {e}", file=sys.stderr)
+                continue
+        ready.append(item)
+    progress.update(len(batch) - len(ready))
+    if not ready:
+        return 0
+    result = enhance(
+        [item.image for item in ready],
+        guider,
+        steps=settings["steps"],
+        learning_rate=settings["learning_rate"],
+        optimizer=settings["optimizer"],
+        preview_size=settings["preview_size"],
+    )
+    succeeded = 0
+    for i, item in enumerate(ready):
+        targets = _outputs(out, item.name)
+        enhanced = np.asarray(result.images[i])
+        record = _strategy_record(item, result, i, settings, guider_score(guider, enhanced))
+        try:
+            save_image(targets["image"], enhanced, overwrite=_OVERWRITE.value, protected=protected)
+            record["output"] = str(targets["image"])
+            text = json.dumps(record, indent=1, ensure_ascii=False) + "\n"
+            _write_text(targets["strategy"], text, overwrite=_OVERWRITE.value)
+            if "progression" in targets:
+                trajectory = jax.tree.map(lambda p, i=i: p[i], result.trajectory.params)
+                strip = progression_strip(
+                    item.image, trajectory, result.scores[i], record["strategy"]
+                )
+                save_image(
+                    targets["progression"], strip, overwrite=_OVERWRITE.value, protected=protected
+                )
+        except (OSError, ValueError) as e:
+            failures.append(f"{item.source or item.name}: could not write outputs: {e}")
+            tqdm.write(f"error: {failures[-1]}", file=sys.stderr)
+            continue
+        scores = result.scores[i]
+        logging.info(
+            "%s: %s (S %.2f -> %.2f)", item.name, record["strategy"], scores[0], scores[-1]
+        )
+        item.image = None  # Free the pixels of finished images.
+        succeeded += 1
+    progress.update(len(ready))
+    return succeeded
+
+
+def main(argv: list[str]) -> int:
+    patterns = argv[1:]
+    if not _OUT.value:
+        raise app.UsageError("--out DIR is required")
+    if not patterns and not _DEMO.value:
+        raise app.UsageError("give input images, folders or globs (or --demo)")
+    guider, guider_name = _guider()
+    out = Path(_OUT.value)
+    out.mkdir(parents=True, exist_ok=True)
+    failures: list[str] = []
+    items = _inputs(patterns, failures)
+    protected = [item.source for item in items]
+    if _DEMO.value:
+        items += _demo_items(out, failures)
+    settings = {
+        "guider": guider_name,
+        "optimizer": _OPTIMIZER.value,
+        "learning_rate": _LR.value,
+        "steps": _STEPS.value,
+        "preview_size": _PREVIEW_SIZE.value or None,
+    }
+    if _DEMO.value:
+        settings["demo"] = (
+            f"inputs are skimage.data photos darkened to {DEMO_DARKENING:.0%} of their values; "
+            "demo only, not a benchmark"
+        )
+    done = 0
+    with tqdm(total=len(items), unit="image", desc="PIEA") as progress:
+        for batch in _batches(items, _BATCH_SIZE.value):
+            done += _enhance_batch(batch, guider, settings, out, protected, failures, progress)
+    print(f"{done} of {len(items)} image(s) enhanced into {out}", file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} failure(s):", file=sys.stderr)
+        for failure in failures:
+            print(f"  {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
