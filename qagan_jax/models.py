@@ -135,11 +135,18 @@ class QAM(nnx.Module):
         self.normalize_inputs = normalize_inputs
         self.scale_logits = scale_logits
         # 1x1 convs; torch Conv2d(C, C', 1) maps to kernel[0, 0] = weight[:, :, 0, 0].T.
+        # Biases that cancel exactly get none: they would receive zero gradient in exact
+        # arithmetic, so Adam would random-walk them by +-lr per step on float noise. W_o's bias
+        # is removed by Eq. 5's mean subtraction; with a softmax over j ("nonlocal"), v's bias
+        # shifts each row's logits by a constant and phi's bias adds a constant (rows sum to
+        # 1) that W_o maps to a per-channel constant; with a softmax over i ("literal"),
+        # theta's bias shifts each column's logits by a constant.
+        nonlocal_ = normalization == "nonlocal"
         kw = dict(kernel_size=(1, 1), kernel_init=_conv_init, rngs=rngs)
-        self.theta = nnx.Conv(channels, reduced, **kw)  # on f_h: similarity
-        self.v = nnx.Conv(channels, reduced, **kw)  # on f_l: similarity
-        self.phi = nnx.Conv(channels, reduced, **kw)  # on f_l: values
-        self.out = nnx.Conv(reduced, channels, **kw)  # W_o: back to C channels [choice]
+        self.theta = nnx.Conv(channels, reduced, use_bias=nonlocal_, **kw)  # f_h: similarity
+        self.v = nnx.Conv(channels, reduced, use_bias=not nonlocal_, **kw)  # f_l: similarity
+        self.phi = nnx.Conv(channels, reduced, use_bias=not nonlocal_, **kw)  # f_l: values
+        self.out = nnx.Conv(reduced, channels, use_bias=False, **kw)  # W_o: back to C [choice]
 
     def __call__(self, f_h: jax.Array, f_l: jax.Array) -> jax.Array:
         n, hh, wh, c = f_h.shape

@@ -138,24 +138,12 @@ def _build(config: ml_collections.ConfigDict, key: jax.Array):
     return encoder, gens, discs
 
 
-def _init_key(key: jax.Array) -> jax.Array:
-    """The init key as an RBG key. XLA:CPU compiles each partitionable-threefry draw slowly
-    (the smoke state's init compiled in ~75 s vs ~16 s with RBG on a shared 2-core machine);
-    RBG bits are ample for initialisation and the user's key still determines them."""
-    data = (
-        jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    )
-    data = jnp.asarray(data, jnp.uint32).reshape(-1)
-    if data.shape[0] == 2:
-        data = jnp.concatenate([data, data ^ jnp.uint32(0x9E3779B9)])
-    return jax.random.wrap_key_data(data[:4], impl="rbg")
-
-
-def _init_state(config: ml_collections.ConfigDict, key: jax.Array) -> TrainState:
-    encoder, gens, discs = _build(config, _init_key(key))
-    encoder_def, encoder_state = nnx.split(encoder)
-    gen_def, gen_params = nnx.split(gens, nnx.Param)
-    disc_def, disc_params, spectral = nnx.split(discs, nnx.Param, models.SpectralState)
+@functools.cache
+def _static_parts(config_json: str):
+    """(tx, schedule, settings) per distinct config. Cached so that every state made from an
+    equal config (create_train_state, the Orbax restore target) carries the *same* static
+    objects; jit caches key on them, so a restored state reuses the compiled step."""
+    config = ml_collections.ConfigDict(json.loads(config_json))
     schedule = learning_rate_schedule(config.opt)
     tx = optax.adam(schedule, b1=config.opt.b1, b2=config.opt.b2)
     settings = StepSettings(
@@ -166,6 +154,17 @@ def _init_state(config: ml_collections.ConfigDict, key: jax.Array) -> TrainState
     )
     if settings.reference not in ("roll", "self"):
         raise ValueError(f"unknown reference {settings.reference!r}: roll | self")
+    if settings.cycle_distance not in ("mse", "l2"):
+        raise ValueError(f"unknown cycle distance {settings.cycle_distance!r}: mse | l2")
+    return tx, schedule, settings
+
+
+def _init_state(config: ml_collections.ConfigDict, key: jax.Array) -> TrainState:
+    tx, schedule, settings = _static_parts(config.to_json(sort_keys=True))
+    encoder, gens, discs = _build(config, key)
+    encoder_def, encoder_state = nnx.split(encoder)
+    gen_def, gen_params = nnx.split(gens, nnx.Param)
+    disc_def, disc_params, spectral = nnx.split(discs, nnx.Param, models.SpectralState)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         encoder=encoder_state,
@@ -211,12 +210,17 @@ def create_train_state(
     Parameters are created inside `jit` directly with their (replicated) shardings, so nothing
     big is built on the host. `encoder_state` (e.g. from `common.vgg.load_vgg19`, split with
     `nnx.split`) replaces the random VGG-19; without it the encoder is random and a warning
-    says so.
+    says so. `compiler_options` are XLA options for this compile (tests pass fast-compile ones).
     """
-    shardings = jax.tree.map(
-        lambda _: replicated(mesh), jax.eval_shape(_init_abstract(config), key)
+    init = jax.jit(
+        functools.partial(_init_state, config),
+        out_shardings=replicated(mesh),
+        compiler_options=compiler_options,
     )
-    state = jax.jit(_init_abstract(config), out_shardings=shardings)(key)
+    # The state is replicated, so partitionable threefry buys nothing here, and XLA:CPU
+    # compiles its ~150 draws several times slower (about 4x on a shared 2-core machine).
+    with jax.threefry_partitionable(False):
+        state = init(key)
     if encoder_state is None:
         logging.warning("QAGAN encoder: random VGG-19 weights (no checkpoint given)")
     else:
@@ -224,21 +228,9 @@ def create_train_state(
     return state
 
 
-@functools.cache
-def _init_abstract_cached(config_json: str):
-    return functools.partial(_init_state, ml_collections.ConfigDict(json.loads(config_json)))
-
-
-def _init_abstract(config: ml_collections.ConfigDict):
-    # One init function per distinct config, so the static parts (tx, schedule) of every state
-    # made from an equal config are the same objects and jit caches keyed on them are shared
-    # (create_train_state, jax.eval_shape for Orbax restore, and the step all agree).
-    return _init_abstract_cached(config.to_json(sort_keys=True))
-
-
 def abstract_train_state(config: ml_collections.ConfigDict, key: jax.Array) -> TrainState:
     """`jax.eval_shape` of the state: the restore target for Orbax (`StandardRestore`)."""
-    return jax.eval_shape(_init_abstract(config), key)
+    return jax.eval_shape(functools.partial(_init_state, config), key)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,261 @@
+"""QAGAN train step: golden losses, one compile, 1 vs 4 devices, frozen VGG, spectral-norm
+state, NaN guard, learning-rate schedule, Orbax save/restore and resume."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+
+from qagan_jax import config as qagan_config
+from qagan_jax import losses as qagan_losses
+from qagan_jax import models, train
+
+# Tiny networks compile far faster than they run; skip LLVM's optimisations for them.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+BATCH = 4
+LOSSES = ("d_h", "d_l", "d_total", "g_adv_h", "g_adv_l", "cycle", "g_total")
+
+
+def _batch(seed=0, size=32):
+    rng = np.random.default_rng(seed)
+    low = rng.uniform(-1, 0.4, (BATCH, size, size, 3)).astype(np.float32)  # darker domain
+    high = rng.uniform(-0.6, 1, (BATCH, size, size, 3)).astype(np.float32)
+    return {"low": low, "high": high}
+
+
+def _copy(state):
+    # The jitted step donates its state; tests step copies so fixtures stay usable.
+    return jax.tree.map(lambda x: x.copy(), state)
+
+
+class Setup:
+    def __init__(self, devices):
+        self.config = qagan_config.get_config("smoke")
+        self.mesh = train.make_mesh(devices)
+        self.state = train.create_train_state(
+            self.config, jax.random.key(0), self.mesh, compiler_options=FAST_COMPILE
+        )
+        self.step = train.jit_train_step(self.state, self.mesh, compiler_options=FAST_COMPILE)
+        self.key = jax.random.key(1)
+
+
+@pytest.fixture(scope="module")
+def one():
+    return Setup(jax.devices()[:1])
+
+
+@pytest.fixture(scope="module")
+def one_step(one):
+    """(state before, state after one step, metrics) on one device."""
+    state, metrics = one.step(_copy(one.state), _batch(), one.key)
+    return one.state, state, jax.device_get(metrics)
+
+
+# Recorded from this implementation (smoke config, seed 0, `_batch(0)`) on XLA:CPU.
+GOLDEN = {
+    "d_h": 1.9736483097076416,
+    "d_l": 2.0998706817626953,
+    "g_adv_h": 2.0402140617370605,
+    "g_adv_l": 1.9287786483764648,
+    "cycle": 1.941964864730835,
+}
+
+
+def test_golden_losses(one_step):
+    _, _, metrics = one_step
+    assert metrics["finite"] == 1.0
+    for name, want in GOLDEN.items():
+        np.testing.assert_allclose(metrics[name], want, rtol=1e-4, err_msg=name)
+    np.testing.assert_allclose(metrics["d_total"], metrics["d_h"] + metrics["d_l"], rtol=1e-6)
+    want_g = metrics["g_adv_h"] + metrics["g_adv_l"] + 2.0 * metrics["cycle"]
+    np.testing.assert_allclose(metrics["g_total"], want_g, rtol=1e-6)
+    np.testing.assert_allclose(metrics["lr"], 1e-4, rtol=1e-6)
+
+
+@pytest.mark.slow  # a second full compile (~20 s on a busy 2-core CPU)
+def test_gradients_match_a_direct_implementation(one_step):
+    """The step pulls the generator loss back through one VJP of the generator forward; check
+    its gradients (Adam's first moment after one step is (1 - b1) * grad) against jax.grad of
+    the losses written out directly, with a second generator forward."""
+    before, after, _ = one_step
+    batch = jax.tree.map(jnp.asarray, _batch())
+    x_l, x_h = batch["low"], batch["high"]
+
+    def losses_direct(gen_params, disc_params):
+        encoder = nnx.merge(before.encoder_def, before.encoder)
+        g = nnx.merge(before.gen_def, gen_params)
+        encode = lambda x: encoder((x + 1) / 2)  # noqa: E731
+        f_l, f_h = encode(x_l), encode(x_h)
+        f_r = jax.tree.map(lambda f: jnp.roll(f, 1, axis=0), f_l)
+        fake_h, fake_l = g.g_h(f_l, x_l), g.g_l(f_h, f_r)
+        rec_l, rec_h = g.g_l(encode(fake_h), f_r), g.g_h(encode(fake_l), fake_l)
+        cycle = qagan_losses.cycle_loss(f_h, encode(rec_h)) + qagan_losses.cycle_loss(
+            f_l, encode(rec_l)
+        )
+        d_new = nnx.merge(before.disc_def, after.disc, after.spectral)
+        g_loss = (
+            qagan_losses.multiscale_rahinge_g(d_new.d_h(x_h), d_new.d_h(fake_h))
+            + qagan_losses.multiscale_rahinge_g(d_new.d_l(x_l), d_new.d_l(fake_l))
+            + 2.0 * cycle
+        )
+        d_old = nnx.merge(before.disc_def, disc_params, after.spectral)  # iterated u, v
+        sg = jax.lax.stop_gradient
+        d_loss = qagan_losses.multiscale_rahinge_d(
+            d_old.d_h(x_h), d_old.d_h(sg(fake_h))
+        ) + qagan_losses.multiscale_rahinge_d(d_old.d_l(x_l), d_old.d_l(sg(fake_l)))
+        return g_loss, d_loss
+
+    def grads(gen_params, disc_params):
+        g_grad = jax.grad(lambda p: losses_direct(p, disc_params)[0])(gen_params)
+        d_grad = jax.grad(lambda p: losses_direct(gen_params, p)[1])(disc_params)
+        return g_grad, d_grad
+
+    g_grad, d_grad = (
+        jax.jit(grads).lower(before.gen, before.disc).compile(FAST_COMPILE)(before.gen, before.disc)
+    )
+    for got, want in ((after.gen_opt[0].mu, g_grad), (after.disc_opt[0].mu, d_grad)):
+        # atol: float32 noise on gradients that are exactly zero in exact arithmetic (the QAM's
+        # v, phi and W_o biases cancel in the softmax / the mean subtraction of Eq. 5).
+        scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(want))
+        jax.tree.map(
+            lambda m, g, s=scale: np.testing.assert_allclose(m, 0.5 * g, rtol=1e-3, atol=1e-5 * s),
+            got,
+            want,
+        )
+
+
+def test_second_call_does_not_retrace(one, one_step):
+    _, state, _ = one_step
+    state2, metrics = one.step(_copy(state), _batch(1), jax.random.key(7))
+    assert one.step._cache_size() == 1
+    assert int(state2.step) == 2 and float(metrics["finite"]) == 1.0
+
+
+def test_step_updates_generators_and_discriminators(one_step):
+    before, after, _ = one_step
+    assert int(after.step) == 1
+    for group in ("gen", "disc"):
+        changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), getattr(before, group),
+                               getattr(after, group))  # fmt: skip
+        assert all(jax.tree.leaves(changed)), f"some {group} parameters did not move"
+
+
+def test_vgg_gets_no_gradient(one_step):
+    before, after, _ = one_step
+    # Unchanged after the step ...
+    jax.tree.map(np.testing.assert_array_equal, before.encoder, after.encoder)
+    # ... and not in either optimiser: Adam's moments mirror exactly the G and D parameters.
+    mu_g = before.gen_opt[0].mu
+    assert jax.tree.structure(mu_g) == jax.tree.structure(before.gen)
+    assert jax.tree.structure(before.disc_opt[0].mu) == jax.tree.structure(before.disc)
+    n_enc = len(jax.tree.leaves(before.encoder))
+    assert n_enc == 26  # conv1_1 ... conv5_1, kernel + bias
+    assert len(jax.tree.leaves(mu_g)) == len(jax.tree.leaves(before.gen))
+
+
+def test_spectral_state_changes_only_in_the_discriminator_update(one_step):
+    """After a step, u, v are exactly one power iteration on the *pre-update* kernels: the D
+    update iterated once, and the generator update (which sees the new kernels) did not."""
+    before, after, _ = one_step
+    d_before = nnx.merge(before.disc_def, before.disc, before.spectral)
+    d_after = nnx.merge(after.disc_def, after.disc, after.spectral)
+    for name in ("d_h", "d_l"):
+        for b in range(1, 6):
+            conv0 = getattr(getattr(d_before, name), f"block{b}")
+            conv1 = getattr(getattr(d_after, name), f"block{b}")
+            w0 = np.asarray(conv0.conv.kernel[...]).reshape(-1, conv0.u.shape[0])
+            v = w0 @ np.asarray(conv0.u[...])
+            v /= np.linalg.norm(v)
+            u = w0.T @ v
+            u /= np.linalg.norm(u)
+            np.testing.assert_allclose(conv1.v[...], v, rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(conv1.u[...], u, rtol=1e-4, atol=1e-6)
+            assert not np.allclose(conv1.u[...], conv0.u[...])
+
+
+def test_one_device_equals_four_devices(one, one_step):
+    assert len(jax.devices()) >= 4, "conftest sets 4 fake CPU devices"
+    mesh4 = train.make_mesh(jax.devices()[:4])
+    state4 = jax.device_put(_copy(one.state), train.state_shardings(one.state, mesh4))
+    step4 = train.jit_train_step(state4, mesh4, compiler_options=FAST_COMPILE)
+    state4, metrics4 = step4(state4, _batch(), one.key)
+    assert state4.gen["g_h"]["decoder"]["conv1_1"]["conv"]["kernel"].sharding.num_devices == 4
+    _, state1, metrics1 = one_step
+    for name in LOSSES:
+        np.testing.assert_allclose(metrics4[name], metrics1[name], rtol=1e-5, atol=1e-6)
+    for group in ("gen", "disc", "spectral", "gen_opt", "disc_opt"):
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+            getattr(state4, group),
+            getattr(state1, group),
+        )
+
+
+def test_non_finite_loss_discards_update_and_raises(one):
+    batch = _batch()
+    batch["high"][0, 0, 0, 0] = np.nan
+    state, metrics = one.step(_copy(one.state), batch, one.key)
+    assert float(metrics["finite"]) == 0.0
+    jax.tree.map(np.testing.assert_array_equal, state.gen, one.state.gen)
+    assert int(state.step) == 0
+    with pytest.raises(train.NonFiniteLossError, match="non-finite loss at step 0"):
+        train.assert_finite(metrics, step=0)
+    train.assert_finite({"finite": jnp.float32(1.0)})
+
+
+def test_learning_rate_schedule():
+    opt = qagan_config.get_config("paper").opt
+    lr = train.learning_rate_schedule(opt)
+    spe = opt.steps_per_epoch
+    np.testing.assert_allclose(
+        [lr(0), lr(75 * spe - 1), lr(75 * spe), lr(int(112.5 * spe)), lr(150 * spe)],
+        [1e-4, 1e-4, 1e-4, 5e-5, 0.0],
+        atol=1e-9,
+    )
+    assert isinstance(train.learning_rate_schedule(opt)(10), jax.Array | float | np.ndarray)
+
+
+def test_eval_step_runs_g_h_only(one):
+    evaluate = train.jit_eval_step(one.state, one.mesh, compiler_options=FAST_COMPILE)
+    out = evaluate(one.state, _batch()["low"])
+    assert out.shape == (BATCH, 32, 32, 3) and float(jnp.max(jnp.abs(out))) <= 1.0
+
+
+def test_orbax_save_restore_then_resume_equals_uninterrupted(one, tmp_path):
+    state, _ = one.step(_copy(one.state), _batch(0), one.key)
+    with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
+        manager.save(1, args=ocp.args.StandardSave(state))
+        manager.wait_until_finished()
+        abstract = train.abstract_train_state(one.config, jax.random.key(0))
+        shardings = train.state_shardings(abstract, one.mesh)
+        target = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+        )
+        restored = manager.restore(1, args=ocp.args.StandardRestore(target))
+    jax.tree.map(np.testing.assert_array_equal, restored, state)
+    # Second step from the restored state == second step uninterrupted (same compiled step).
+    resumed, m_resumed = one.step(restored, _batch(1), one.key)
+    straight, m_straight = one.step(state, _batch(1), one.key)
+    assert one.step._cache_size() == 1
+    for name in LOSSES:
+        assert float(m_resumed[name]) == float(m_straight[name])
+    jax.tree.map(np.testing.assert_array_equal, resumed.gen, straight.gen)
+    assert isinstance(resumed.gen_opt[0], optax.ScaleByAdamState)
+
+
+def test_config_variants_and_every_choice_is_a_switch():
+    paper, smoke = qagan_config.get_config("paper"), qagan_config.get_config("smoke")
+    assert paper.train.batch_size == 12 and paper.loss.lambda_cc == 2.0
+    assert (paper.opt.b1, paper.opt.b2, paper.opt.learning_rate) == (0.5, 0.999, 1e-4)
+    assert smoke.model.vgg_width > 1 and smoke.data.image_size == 32
+    for field in ("global_residual", "normalize_skips", "gl_skips", "reference",
+                  "qam_normalization", "qam_residual", "qam_normalize_inputs",
+                  "qam_scale_logits", "disc_all_heads", "upsample"):  # fmt: skip
+        assert field in paper.model
+    assert {"rahinge_scale", "cycle_distance", "lambda_cc"} <= set(paper.loss)
+    with pytest.raises(ValueError):
+        qagan_config.get_config("nope")
+    assert models.TAPS == ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
