@@ -1,0 +1,285 @@
+r"""PIEA speed benchmark; prints one JSON document to stdout.
+
+    python benchmarks/piea_bench.py            # the full run (~15–30 min on a 2-core CPU)
+    python benchmarks/piea_bench.py --quick    # batch 1 only, fewer repeats
+
+Measures, on 333×500 images (the paper's FiveK size; real skimage photos, darkened):
+  * `enhance` with M = 20 SGD steps for batches of 1, 4 and 8, searching on a 256-short-side
+    preview or at full resolution, with the built-in critic and with a VGG16-sized NIMA (VGG16
+    features to pool5, global average pool, Dense(10), RANDOM weights, 224×224 resize inside
+    the guider): compile time (lower + compile of the search, reported apart), steady-state
+    seconds per call and images per second, XLA's memory analysis of the compiled search and
+    the process's peak RSS so far (configurations run from small to large, so each reading is
+    close to that configuration's own peak);
+  * a time split of one NIMA search step (VGG16 forward + input gradient, guider resize,
+    filter chain), to say where the time goes;
+  * the filter chain alone (all eight filters active; forward + gradient of a scalar loss with
+    respect to the raw parameters) at 333×500 batch 8 and at 4000×3000 (12 MP) batch 1, fused
+    by `jax.jit`, next to JAX op-by-op eager execution on the same machine and the PyTorch
+    figures measured earlier on this CPU (spec/piea.md §8).
+The CPU may be shared with other work: the load average is recorded before and after.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import skimage.data
+import skimage.transform
+from absl import app, flags
+from flax import nnx
+
+from common.nima import random_nima_vgg16
+from piea_jax import FILTER_ORDER, apply_filters, initial_raw_params, to_physical
+from piea_jax.guiders import nima_guider, photo_critic
+
+enhance_module = importlib.import_module("piea_jax.enhance")
+
+_QUICK = flags.DEFINE_bool("quick", False, "Batch 1 only and fewer repeats (a smoke run).")
+_GUIDERS = flags.DEFINE_list("guiders", ["critic", "nima_vgg16"], "Guiders to run.")
+_STEPS = flags.DEFINE_integer("steps", 20, "Optimiser steps M.")
+
+FIVEK_SHAPE = (333, 500)
+PREVIEW = 256
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+# PyTorch figures measured on this project's CPU (spec/piea.md §8 and the issue).
+TORCH_REFERENCE = {
+    "filter_chain_333x500_batch8_s": {"eager": 0.18, "torch_compile": 0.083, "naive_jax": 0.33},
+    "filter_chain_12mp_batch1_s": {"eager": 3.2, "torch_compile": 0.86, "naive_jax": 4.5},
+    "vgg16_search_m20_s_per_image_batch8": 3.4,
+}
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _timed(fn, repeats: int) -> float:
+    """Minimum wall time over `repeats` calls (the least disturbed by other load)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _photos(batch: int) -> np.ndarray:
+    out = []
+    for k in range(batch):
+        x = getattr(skimage.data, PHOTOS[k % len(PHOTOS)])()[..., :3] / 255.0
+        out.append(skimage.transform.resize(x, FIVEK_SHAPE, anti_aliasing=True) * 0.35)
+    return np.stack(out).astype(np.float32)
+
+
+def _search_args(images, guider, preview_size):
+    """The arguments `enhance` passes to its compiled search (for lowering it alone)."""
+    shape = enhance_module.preview_shape([x.shape for x in images], preview_size)
+    previews = jnp.stack(
+        [
+            jnp.asarray(x) if x.shape[:2] == shape else enhance_module.resize_preview(x, shape)
+            for x in images
+        ]
+    )
+    n = len(images)
+    raw0 = jax.tree.map(lambda r: jnp.broadcast_to(r, (n, *r.shape)), initial_raw_params())
+    guider = enhance_module._as_pytree_guider(guider)
+    return (raw0, previews, jnp.float32(1e-3), guider), shape
+
+
+def bench_enhance(name, guider, batch, preview_size, repeats) -> dict:
+    images = _photos(batch)
+    args, shape = _search_args(images, guider, preview_size)
+    static = {"steps": _STEPS.value, "optimizer": "sgd", "order": FILTER_ORDER}
+    start = time.perf_counter()
+    compiled = enhance_module._search.lower(*args, **static).compile()
+    compile_s = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+
+    def run():
+        return enhance_module.enhance(
+            images, guider, steps=_STEPS.value, preview_size=preview_size
+        ).images
+
+    first_s = _timed(run, 1)  # the search is cached now; this compiles resize and render
+    steady_s = _timed(run, repeats)
+    result = enhance_module.enhance(images, guider, steps=_STEPS.value, preview_size=preview_size)
+    scores = np.asarray(result.scores)
+    return {
+        "guider": name,
+        "batch": batch,
+        "search_resolution": f"{shape[0]}x{shape[1]}",
+        "mode": "preview" if preview_size else "full_resolution",
+        "compile_s": round(compile_s, 2),
+        "first_call_after_compile_s": round(first_s, 2),
+        "steady_s": round(steady_s, 3),
+        "s_per_image": round(steady_s / batch, 3),
+        "images_per_s": round(batch / steady_s, 3),
+        "xla_temp_mb": round(memory.temp_size_in_bytes / 2**20, 1) if memory else None,
+        "xla_args_mb": round(memory.argument_size_in_bytes / 2**20, 1) if memory else None,
+        "peak_rss_mb_so_far": round(_peak_rss_mb(), 1),
+        "score_gain_mean": round(float(np.mean(scores[:, -1] - scores[:, 0])), 4),
+    }
+
+
+def preview_vs_full(name, guider) -> dict:
+    """Full-resolution guider score of the result of a preview search vs a full-resolution
+    search, on the four photos at 333×500 (the trade of resolution independence, measured)."""
+    images = _photos(len(PHOTOS))
+    rows = {}
+    finals = {}
+    for mode, preview_size in (("preview", PREVIEW), ("full_resolution", None)):
+        result = enhance_module.enhance(
+            images, guider, steps=_STEPS.value, preview_size=preview_size
+        )
+        finals[mode] = [
+            float(enhance_module.guider_score(guider, x)) for x in np.asarray(result.images)
+        ]
+    for k, photo in enumerate(PHOTOS):
+        rows[photo] = {
+            "input": round(float(enhance_module.guider_score(guider, images[k])), 4),
+            "preview_search": round(finals["preview"][k], 4),
+            "full_resolution_search": round(finals["full_resolution"][k], 4),
+            "difference": round(finals["preview"][k] - finals["full_resolution"][k], 4),
+        }
+    diffs = [abs(r["difference"]) for r in rows.values()]
+    return {"guider": name, "photos": rows, "mean_abs_difference": round(float(np.mean(diffs)), 4)}
+
+
+def _chain_loss(raw, image):
+    return jnp.mean(apply_filters(image, to_physical(raw)))
+
+
+def bench_chain(shape, batch, repeats, eager_repeats) -> dict:
+    key = jax.random.key(0)
+    images = jax.random.uniform(key, (batch, *shape, 3), jnp.float32)
+    # Every filter away from its identity, so none can be skipped.
+    raw = jax.tree.map(lambda r: jnp.broadcast_to(r + 0.1, (batch, *r.shape)), initial_raw_params())
+    raw = {**raw, "tone_curve": raw["tone_curve"] + jnp.linspace(-0.3, 0.3, 8)}
+    raw["color_curve"] = raw["color_curve"] + jnp.linspace(-0.3, 0.3, 8)
+
+    def total_loss(r, x):
+        return jnp.sum(jax.vmap(_chain_loss)(r, x))
+
+    value_and_grad = jax.value_and_grad(total_loss)
+    fused = jax.jit(value_and_grad)
+    start = time.perf_counter()
+    compiled = fused.lower(raw, images).compile()
+    compile_s = time.perf_counter() - start
+    jit_s = _timed(lambda: compiled(raw, images), repeats)
+    _, grads = compiled(raw, images)
+    finite = all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+
+    with jax.disable_jit():  # op by op, like eager PyTorch
+        jax.block_until_ready(value_and_grad(raw, images))  # warm the per-op caches
+        eager_s = _timed(lambda: value_and_grad(raw, images), eager_repeats)
+    return {
+        "shape": f"{batch}x{shape[0]}x{shape[1]}x3",
+        "jit_compile_s": round(compile_s, 2),
+        "jit_s": round(jit_s, 4),
+        "jax_eager_op_by_op_s": round(eager_s, 4),
+        "eager_over_jit": round(eager_s / jit_s, 2),
+        "gradients_finite": finite,
+    }
+
+
+def profile_nima_step(guider, batch, preview_shape) -> dict:
+    """Seconds per search step for the pieces of one NIMA step, each compiled alone."""
+    previews = jax.random.uniform(jax.random.key(1), (batch, *preview_shape, 3), jnp.float32)
+    size = guider.input_size
+    small = jax.random.uniform(jax.random.key(2), (batch, size, size, 3), jnp.float32)
+
+    def model_score(x):  # the guider without its resize
+        return jnp.sum(nnx.merge(guider.graphdef, guider.state)(x) @ jnp.arange(1.0, 11.0))
+
+    def resize_sum(x):
+        resized = jax.vmap(
+            lambda im: jax.image.resize(im, (size, size, 3), "linear", antialias=True)
+        )(x)
+        return jnp.sum(resized * small)
+
+    raw = jax.tree.map(lambda r: jnp.broadcast_to(r, (batch, *r.shape)), initial_raw_params())
+
+    def chain_sum(r):
+        return jnp.sum(jax.vmap(_chain_loss)(r, previews))
+
+    parts = {
+        "vgg16_forward_and_input_grad_224": (jax.jit(jax.grad(model_score)), small),
+        "guider_resize_forward_and_grad": (jax.jit(jax.grad(resize_sum)), previews),
+        "filter_chain_forward_and_grad": (jax.jit(jax.grad(chain_sum)), raw),
+    }
+    out = {}
+    for name, (fn, arg) in parts.items():
+        jax.block_until_ready(fn(arg))
+        out[name + "_s"] = round(_timed(lambda fn=fn, arg=arg: fn(arg), 2), 4)
+    return out
+
+
+def main(argv):
+    del argv
+    quick = _QUICK.value
+    batches = (1,) if quick else (1, 4, 8)
+    report = {
+        "conditions": {
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "load_average_start": [round(v, 2) for v in os.getloadavg()],
+            "jax": jax.__version__,
+            "devices": [str(d) for d in jax.devices()],
+            "steps": _STEPS.value,
+            "optimizer": "sgd, lr 1e-3",
+            "image_shape": list(FIVEK_SHAPE),
+            "preview_short_side": PREVIEW,
+            "nima": "VGG16 features to pool5 + global average pool + Dense(10), RANDOM weights, "
+            "224x224 antialiased resize inside the guider",
+            "timing": "minimum wall time over repeats; compile time reported apart",
+        },
+        "torch_reference_same_cpu": TORCH_REFERENCE,
+        "enhance": [],
+    }
+    for name in _GUIDERS.value:
+        if name == "critic":
+            guider = photo_critic
+        else:
+            start = time.perf_counter()
+            guider = nima_guider(random_nima_vgg16(0))
+            report["conditions"]["nima_random_init_s"] = round(time.perf_counter() - start, 1)
+        for batch in batches:
+            for preview_size in (PREVIEW, None):
+                repeats = 1 if (quick or (name != "critic" and batch == 8)) else 2
+                row = bench_enhance(name, guider, batch, preview_size, repeats)
+                report["enhance"].append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+        if not quick:
+            report.setdefault("preview_vs_full_resolution", []).append(
+                preview_vs_full(name, guider)
+            )
+        if name != "critic":
+            batch = batches[-1]
+            shape = enhance_module.preview_shape([FIVEK_SHAPE], PREVIEW)
+            split = profile_nima_step(guider, batch, shape)
+            split["batch"] = batch
+            split["search_resolution"] = f"{shape[0]}x{shape[1]}"
+            report["nima_step_profile"] = split
+            print(json.dumps(split), file=sys.stderr, flush=True)
+
+    report["filter_chain"] = {
+        "333x500_batch8": bench_chain(FIVEK_SHAPE, 8, 3 if quick else 5, 1 if quick else 2),
+        "12mp_batch1": bench_chain((3000, 4000), 1, 2 if quick else 3, 1),
+    }
+    report["conditions"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    report["conditions"]["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    app.run(main)
