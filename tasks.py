@@ -18,7 +18,15 @@ STAMP = VENV / ".installed-pyproject-sha256"
 
 COMMANDS = {
     # The main job. Becomes `python -m experiments.qagan_fivek` once QAGAN training lands.
-    "demo": ["-m", "experiments.piea_enhance", "--demo", "--out", "outputs/piea_demo"],
+    # It rewrites its own demo folder, so it can be run again.
+    "demo": [
+        "-m",
+        "experiments.piea_enhance",
+        "--demo",
+        "--out",
+        "outputs/piea_demo",
+        "--overwrite",
+    ],
     # The CI suite: everything not marked slow, on both cores.
     "test": ["-m", "pytest", "-q", "-m", "not slow", "-n", "2"],
 }
