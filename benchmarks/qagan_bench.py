@@ -58,12 +58,13 @@ def bench_batch(state, mesh, batch_size: int, size: int, steps: int) -> tuple[di
     mem = compiled.memory_analysis()
     state, metrics = compiled(state, batch, key)  # warm-up
     jax.block_until_ready(metrics)
-    times = []
+    times, cpu_times = [], []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         state, metrics = compiled(state, batch, key)
         jax.block_until_ready((state, metrics))
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     train.assert_finite(metrics)
     step_s = statistics.median(times)
     result = {
@@ -72,6 +73,10 @@ def bench_batch(state, mesh, batch_size: int, size: int, steps: int) -> tuple[di
         "step_s_median": round(step_s, 3),
         "step_s_min": round(min(times), 3),
         "step_s_all": [round(t, 3) for t in times],
+        # CPU seconds (all threads) per step: on a shared machine, cpu_s / cores estimates the
+        # step time the process would get with every core to itself.
+        "cpu_s_per_step_median": round(statistics.median(cpu_times), 3),
+        "cpu_utilisation": round(sum(cpu_times) / sum(times), 2),
         "flops_per_step": flops,
         "gflop_per_image_pair": round(flops / batch_size / 1e9, 1),
         "achieved_gflop_per_s": round(flops / step_s / 1e9, 1),
@@ -109,6 +114,7 @@ def main(argv=None) -> None:
         "machine": platform.machine(),
         "jax": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "load_average_at_start": os.getloadavg()[0],
         "config": args.config,
         "image_size": args.size,
         "init_s": round(init_s, 2),
@@ -131,6 +137,7 @@ def main(argv=None) -> None:
                 continue
         last, state = bench_batch(state, mesh, batch_size, args.size, args.steps)
         report["results"].append(last)
+    report["load_average_at_end"] = os.getloadavg()[0]
     report["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps(report, indent=2))
 
