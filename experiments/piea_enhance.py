@@ -159,8 +159,21 @@ def _write_text(path: Path, text: str, *, overwrite: bool) -> None:
         temp.unlink(missing_ok=True)
 
 
-def _same(a: Path, b: Path) -> bool:
-    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+class _Inputs:
+    """The input files, for refusing to write over them (cheap lookups for large corpora)."""
+
+    def __init__(self, paths: list[Path]):
+        self.resolved = {p.resolve() for p in paths}
+        self.by_name: dict[str, list[Path]] = {}
+        for p in paths:
+            self.by_name.setdefault(p.name, []).append(p)
+
+    def clashes(self, target: Path) -> bool:
+        return target.resolve() in self.resolved
+
+    def named_like(self, target: Path) -> list[Path]:
+        """Inputs with the target's file name: what `save_image` double-checks (links too)."""
+        return self.by_name.get(target.name, [])
 
 
 def _batches(items: list[_Item], size: int) -> Iterator[list[_Item]]:
@@ -259,7 +272,7 @@ def _enhance_batch(batch, guider, settings, out, protected, failures, progress) 
     ready = []
     for item in batch:
         targets = _outputs(out, item.name)
-        clash = [str(p) for p in targets.values() if any(_same(p, q) for q in protected)]
+        clash = [str(p) for p in targets.values() if protected.clashes(p)]
         if clash:
             failures.append(f"{item.source}: refusing to write over an input file: {clash[0]}")
             tqdm.write(f"error: {failures[-1]}", file=sys.stderr)
@@ -294,8 +307,14 @@ def _enhance_batch(batch, guider, settings, out, protected, failures, progress) 
         enhanced = np.asarray(result.images[i])
         record = _strategy_record(item, result, i, settings, guider_score(guider, enhanced))
         try:
-            save_image(targets["image"], enhanced, overwrite=_OVERWRITE.value, protected=protected)
-            record["output"] = str(targets["image"])
+            image_path = targets["image"]
+            save_image(
+                image_path,
+                enhanced,
+                overwrite=_OVERWRITE.value,
+                protected=protected.named_like(image_path),
+            )
+            record["output"] = str(image_path)
             text = json.dumps(record, indent=1, ensure_ascii=False) + "\n"
             _write_text(targets["strategy"], text, overwrite=_OVERWRITE.value)
             if "progression" in targets:
@@ -304,7 +323,10 @@ def _enhance_batch(batch, guider, settings, out, protected, failures, progress) 
                     item.image, trajectory, result.scores[i], record["strategy"]
                 )
                 save_image(
-                    targets["progression"], strip, overwrite=_OVERWRITE.value, protected=protected
+                    targets["progression"],
+                    strip,
+                    overwrite=_OVERWRITE.value,
+                    protected=protected.named_like(targets["progression"]),
                 )
         except (OSError, ValueError) as e:
             failures.append(f"{item.source or item.name}: could not write outputs: {e}")
@@ -331,7 +353,7 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     failures: list[str] = []
     items = _inputs(patterns, failures)
-    protected = [item.source for item in items]
+    protected = _Inputs([item.source for item in items])
     if _DEMO.value:
         items += _demo_items(out, failures)
     settings = {

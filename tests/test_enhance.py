@@ -227,3 +227,12 @@ def test_nima_guider_drives_the_search_and_reuses_the_compile(dark):
     traces = enhance_module._search_traces
     enhance(dark[:2], nima_guider(model), steps=2, optimizer="adam", learning_rate=0.1)
     assert enhance_module._search_traces == traces  # a new wrapper of the same model: cached
+
+
+@pytest.mark.slow  # compiles an unrolled search
+def test_unrolled_search_equals_the_loop(dark):
+    loop = enhance(dark[:2], photo_critic, steps=3)
+    unrolled = enhance(dark[:2], photo_critic, steps=3, unroll=True)
+    for name, value in loop.params.items():
+        np.testing.assert_allclose(unrolled.params[name], value, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(unrolled.scores, loop.scores, rtol=1e-5)
