@@ -111,7 +111,7 @@ def photo_critic(image) -> jax.Array:
 
     Blown highlights cost six times more than crushed shadows (a photo with a dark background
     is fine; a burnt sky is not). On skimage's astronaut, coffee, chelsea and rocket the
-    originals score 6.6–7.7 and their under-exposed, over-exposed, flattened and desaturated
+    originals score 6.6–7.8 and their under-exposed, over-exposed, flattened and desaturated
     versions score lower (tests/test_guiders.py). Its preferences are simple and global: it
     likes mean luminance near mid-grey, a spread near 0.2–0.3 and vivid colour, and it knows
     nothing about content, so it is a stand-in guider for demos and tests, not a measure of
