@@ -1,6 +1,6 @@
 r"""PIEA speed benchmark; prints one JSON document to stdout.
 
-    python benchmarks/piea_bench.py            # the full run (~15–30 min on a 2-core CPU)
+    python benchmarks/piea_bench.py            # the full run (~40 min on a loaded 2-core CPU)
     python benchmarks/piea_bench.py --quick    # batch 1 only, fewer repeats
 
 Measures, on 333×500 images (the paper's FiveK size; real skimage photos, darkened):
@@ -51,7 +51,7 @@ _CHAIN = flags.DEFINE_bool("chain", True, "Also benchmark the filter chain alone
 _ENHANCE = flags.DEFINE_bool("enhance", True, "Benchmark `enhance` (else only the profiles).")
 _MAX_UNROLLED_BATCH = flags.DEFINE_integer(
     "max_unrolled_batch",
-    4,
+    1,
     "Largest NIMA batch searched with the step loop unrolled; XLA keeps every unrolled step's "
     "buffers (measured: ~10 GB at batch 4, ~20 GB at batch 8), so larger batches keep the loop.",
 )
