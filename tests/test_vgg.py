@@ -74,3 +74,15 @@ def test_max_pool_floors_odd_sizes_and_unknown_tap_fails():
     assert model(jnp.zeros((1, 9, 7, 3)))["pool1"].shape == (1, 4, 3, 4)
     with pytest.raises(ValueError, match="unknown VGG taps"):
         vgg.random_vgg19(taps=("relu9_9",))
+
+
+def test_max_pool_2x2_matches_windowed_max_and_its_gradient():
+    x = jax.random.normal(jax.random.key(0), (2, 13, 10, 5))
+
+    def windowed(v):
+        return nnx.max_pool(v, (2, 2), strides=(2, 2), padding="VALID")
+
+    np.testing.assert_array_equal(vgg.max_pool_2x2(x), windowed(x))
+    g_reshape = jax.grad(lambda v: jnp.sum(jnp.sin(vgg.max_pool_2x2(v))))(x)
+    g_window = jax.grad(lambda v: jnp.sum(jnp.sin(windowed(v))))(x)
+    np.testing.assert_allclose(g_reshape, g_window, atol=1e-6)
