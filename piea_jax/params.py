@@ -64,8 +64,8 @@ def to_physical(raw: Mapping[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:
     exposure ev = 3.5 tanh r; gamma g = 3^tanh r; white-balance gains = (1, e^{0.5 tanh r0},
     e^{0.5 tanh r1}); saturation, contrast and black & white = tanh r ∈ (−1, 1); tone-curve
     slopes = 1.25 + 0.75 tanh r ∈ (0.5, 2); colour-curve slopes = 1 + 0.1 tanh r ∈ (0.9, 1.1).
-    Pure and elementwise, so it works under jit, vmap and grad; leading batch axes pass through
-    for the scalar filters (use vmap for the others).
+    Pure and elementwise, so it works under jit, vmap and grad, and leading batch axes of the
+    raw arrays pass through unchanged.
     """
     wb = jnp.exp(MAX_LOG_WB_GAIN * jnp.tanh(raw["white_balance"]))
     return {

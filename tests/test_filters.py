@@ -301,3 +301,10 @@ def test_describe_lists_non_identity_filters_in_chain_order():
     assert "Tone curve 1.00/1.00/1.00/1.00/1.00/1.00/1.50/0.50" in piea_jax.describe(physical)
     neutral = piea_jax.to_physical({k: jnp.zeros(s) for k, s in piea_jax.RAW_SHAPES.items()})
     assert piea_jax.describe(neutral) == "Identity (no change)"
+
+
+def test_to_physical_passes_leading_batch_axes_through():
+    raw = jax.tree.map(lambda a: jnp.stack([a, a + 0.3, a - 0.7]), piea_jax.initial_raw_params())
+    batched, mapped = piea_jax.to_physical(raw), jax.vmap(piea_jax.to_physical)(raw)
+    for name in piea_jax.FILTER_ORDER:
+        np.testing.assert_allclose(batched[name], mapped[name], err_msg=name)
