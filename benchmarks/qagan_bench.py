@@ -26,7 +26,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from qagan_jax import config as qagan_config  # noqa: E402
-from qagan_jax import train  # noqa: E402
+from qagan_jax import conv, train  # noqa: E402
 
 # Eager PyTorch (oneDNN, channels-last, fused Adam) on the same 2-core CPU, s/step (the issue).
 PYTORCH_REFERENCE_S = {2: 1.7, 4: 3.1, 12: 11.0}
@@ -114,6 +114,7 @@ def main(argv=None) -> None:
         "machine": platform.machine(),
         "jax": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "conv_vjp": conv.vjp_path(jax.default_backend()),
         "load_average_at_start": os.getloadavg()[0],
         "config": args.config,
         "image_size": args.size,
