@@ -11,8 +11,10 @@ convolutions that run far below its GEMM speed on some shapes, it uses matmuls i
 - input gradient when the output map has <= 64 pixels: dpatches = dy @ W^T, then col2im
   (each tap's slab added at its (strided) offset). XLA's dx for the discriminator's last
   stride-2 conv (256 -> 512, 4x4 output) takes 0.3-0.7 s for 0.2-0.4 GFLOP.
-Other gradients stay XLA's: on the remaining shapes its conv gradients measured as fast or
-faster (isolated-conv CPU times in the commit that introduced this module).
+Other gradients stay XLA's: on the remaining shapes (64-channel maps, D blocks 1-4, 1- and
+3-channel outputs) its conv gradients measured as fast or faster. Isolated fwd + both grads,
+batch 2, CPU s plain -> conv2d: 3x3 256->256 @32 0.111 -> 0.066, 128->128 @64 0.190 -> 0.099,
+D block 5 0.298 -> 0.027.
 """
 
 from __future__ import annotations
