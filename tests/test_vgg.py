@@ -86,3 +86,24 @@ def test_max_pool_2x2_matches_windowed_max_and_its_gradient():
     g_reshape = jax.grad(lambda v: jnp.sum(jnp.sin(vgg.max_pool_2x2(v))))(x)
     g_window = jax.grad(lambda v: jnp.sum(jnp.sin(windowed(v))))(x)
     np.testing.assert_allclose(g_reshape, g_window, atol=1e-6)
+
+
+def test_conv3x3_matches_lax_conv_values_and_gradients():
+    kx, kk, kb, kc = jax.random.split(jax.random.key(0), 4)
+    x = jax.random.normal(kx, (2, 9, 7, 5))
+    kernel = jax.random.normal(kk, (3, 3, 5, 4))
+    bias = jax.random.normal(kb, (4,))
+    cotangent = jax.random.normal(kc, (2, 9, 7, 4))
+
+    def plain(x, kernel, bias):
+        dims = ("NHWC", "HWIO", "NHWC")
+        out = jax.lax.conv_general_dilated(
+            x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dims
+        )
+        return out + bias
+
+    out, pull = jax.vjp(vgg.conv3x3, x, kernel, bias)
+    out_ref, pull_ref = jax.vjp(plain, x, kernel, bias)
+    np.testing.assert_allclose(out, out_ref, atol=1e-5)
+    for got, want in zip(pull(cotangent), pull_ref(cotangent), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-4)
