@@ -51,7 +51,7 @@ _CHAIN = flags.DEFINE_bool("chain", True, "Also benchmark the filter chain alone
 _ENHANCE = flags.DEFINE_bool("enhance", True, "Benchmark `enhance` (else only the profiles).")
 _MAX_UNROLLED_BATCH = flags.DEFINE_integer(
     "max_unrolled_batch",
-    1,
+    0,
     "Largest NIMA batch searched with the step loop unrolled; XLA keeps every unrolled step's "
     "buffers (measured: ~10 GB at batch 4, ~20 GB at batch 8), so larger batches keep the loop.",
 )
@@ -297,7 +297,7 @@ def main(argv):
         for batch in batches if _ENHANCE.value else ():
             for preview_size in (PREVIEW, None):
                 repeats = 1 if (quick or name != "critic") else 2
-                # A convolutional guider runs ~3x faster unrolled on XLA:CPU (see `enhance`).
+                # Unrolling is optional (see `enhance`); by default every search keeps its loop.
                 unroll = True if name != "critic" and batch <= _MAX_UNROLLED_BATCH.value else 1
                 row = bench_enhance(name, guider, batch, preview_size, repeats, unroll)
                 report["enhance"].append(row)

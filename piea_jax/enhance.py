@@ -261,11 +261,12 @@ def enhance(
       mesh: a `jax.sharding.Mesh`; the image axis is sharded over its first axis (the batch is
         padded to a multiple of that axis' size and the padding dropped from the results).
       unroll: `jax.lax.scan`'s unroll of the step loop. The default keeps one loop (small
-        program, fast compile: right for the critic). With a convolutional guider, XLA:CPU ran
-        VGG16 steps about 3x slower inside the loop than unrolled (measured on this project's
-        2-core CPU); `unroll=True` removes the loop at the price of compile time and memory
-        that grow with `steps` (XLA kept every step's buffers: ~2.5 GB per image for VGG16 at
-        224 and 20 steps, i.e. ~10 GB at batch 4).
+        program, fast compile, one step's buffers). Unrolling costs compile time and memory that
+        grow with `steps` (XLA kept every step's buffers: ~2.5 GB per image for VGG16 at 224
+        and 20 steps). It used to pay off for convolutional guiders on XLA:CPU, whose kernel
+        layout inside loops made gradient convolutions 3-4x slower; `common.vgg.conv3x3` now
+        avoids that, and the loop is the faster choice there too (VGG16, batch 1: 9.9 s/image
+        looped vs 19.8 s unrolled on the project's 2-core CPU).
 
     Returns:
       `EnhanceResult` (images rendered once at full resolution with the final parameters).
