@@ -265,8 +265,8 @@ def enhance(
         grow with `steps` (XLA kept every step's buffers: ~2.5 GB per image for VGG16 at 224
         and 20 steps). It used to pay off for convolutional guiders on XLA:CPU, whose kernel
         layout inside loops made gradient convolutions 3-4x slower; `common.vgg.conv3x3` now
-        avoids that, and the loop is the faster choice there too (VGG16, batch 1: 9.9 s/image
-        looped vs 19.8 s unrolled on the project's 2-core CPU).
+        avoids that, so the loop is about as fast (VGG16, batch 1, 333×500: 9.9 s/image looped
+        vs 9.1 s unrolled on the project's 2-core CPU) with one step's memory.
 
     Returns:
       `EnhanceResult` (images rendered once at full resolution with the final parameters).
