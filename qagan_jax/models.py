@@ -94,9 +94,13 @@ class ReflectConv(nnx.Module):
             rngs=rngs,
         )
 
+    def kernel(self) -> jax.Array:
+        """The kernel the forward pass convolves with (HWIO)."""
+        return self.conv.kernel[...]
+
     def __call__(self, x: jax.Array) -> jax.Array:
         # `conv2d` = self.conv's VALID conv, with a faster VJP on CPU (qagan_jax/conv.py).
-        y = conv2d(_reflect(x, self.pad), self.conv.kernel[...], self.stride)
+        y = conv2d(_reflect(x, self.pad), self.kernel(), self.stride)
         return y if self.conv.bias is None else y + self.conv.bias[...]
 
 
@@ -347,7 +351,7 @@ def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     return x / jnp.maximum(jnp.linalg.norm(x), eps)  # torch F.normalize
 
 
-class SpectralConv(nnx.Module):
+class SpectralConv(ReflectConv):
     """Reflection-padded VALID conv whose kernel is divided by its spectral norm.
 
     As torch's `spectral_norm`: W is the kernel as an (out, in*k*k) matrix, u (out,) and
@@ -358,17 +362,7 @@ class SpectralConv(nnx.Module):
     """
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, *, stride: int, rngs: nnx.Rngs):
-        self.pad = (kernel - 1) // 2
-        self.stride = stride
-        self.conv = nnx.Conv(
-            in_ch,
-            out_ch,
-            (kernel, kernel),
-            strides=stride,
-            padding="VALID",
-            kernel_init=_conv_init,
-            rngs=rngs,
-        )
+        super().__init__(in_ch, out_ch, kernel, stride=stride, rngs=rngs)
         w = self._matrix()
         u = _l2_normalize(jax.random.normal(rngs.params(), (out_ch,)))
         self.u = SpectralState(u)
@@ -390,10 +384,8 @@ class SpectralConv(nnx.Module):
         u, v = jax.lax.stop_gradient(self.u[...]), jax.lax.stop_gradient(self.v[...])
         return v @ (self._matrix() @ u)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.conv.kernel[...] / self.sigma()
-        y = conv2d(_reflect(x, self.pad), kernel, self.stride)
-        return y + self.conv.bias[...]
+    def kernel(self) -> jax.Array:
+        return self.conv.kernel[...] / self.sigma()
 
 
 class Discriminator(nnx.Module):
