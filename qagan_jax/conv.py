@@ -1,17 +1,9 @@
-"""VALID NHWC/HWIO convolution that avoids XLA:CPU's slow convolution kernels.
+"""VALID NHWC/HWIO convolution whose gradients avoid XLA:CPU's slow conv-gradient kernels.
 
-`conv2d(x, w, stride)` is a VALID `lax.conv_general_dilated`. On GPU/TPU it is exactly that,
-forward and backward. On CPU (chosen with `lax.platform_dependent`, so accelerators never pay
-for it):
-
-- a stride-1 forward pass is computed as the conv padded by one row and column at the bottom
-  and right, then cropped to the VALID output: the same values (the extra outputs are cut
-  off), but XLA:CPU runs the padded convolution 2.5-3.8x faster than the unpadded one on the
-  generators' shapes (forward only, batch 2, CPU s VALID -> padded: 3x3 256->128 @64
-  0.120 -> 0.039, 128->64 @128 0.108 -> 0.043, 512->256 @32 0.148 -> 0.039, 1024->512 @16
-  0.105 -> 0.057; stride-2 discriminator convs gained nothing, so they stay VALID);
-
-and the VJP uses matmuls where XLA's conv gradients run far below its GEMM speed:
+`conv2d(x, w, stride)` is `lax.conv_general_dilated` in the forward pass on every platform.
+Its VJP is chosen per platform with `lax.platform_dependent`: on GPU/TPU it is the plain
+conv's VJP (what autodiff produces anyway); on CPU, where XLA lowers both gradients as further
+convolutions that run far below its GEMM speed on some shapes, it uses matmuls instead:
 
 - kernel gradient of a stride-1 conv with >= 128 input and >= 64 output channels: one GEMM
   per kernel tap, dW[i, j] = x[:, i:, j:]^T @ dy over batch and space (XLA lowers dW as a conv
@@ -41,25 +33,6 @@ COL2IM_DX_MAX_PIXELS = 64  # output maps up to this many pixels use the col2im i
 def plain_conv(x: jax.Array, w: jax.Array, stride: int = 1) -> jax.Array:
     """`lax.conv_general_dilated`, VALID padding, NHWC input, HWIO kernel."""
     return lax.conv_general_dilated(x, w, (stride, stride), "VALID", dimension_numbers=_DIMS)
-
-
-def padded_then_cropped_conv(x: jax.Array, w: jax.Array, stride: int = 1) -> jax.Array:
-    """`plain_conv`'s values, computed as a conv padded by `stride` at the bottom/right, cropped.
-
-    Output pixel (i, j) of the padded conv reads the same inputs as VALID's (i, j) for every
-    VALID position, so the crop is exact. It exists because XLA:CPU is much faster on the
-    padded convolution (module docstring).
-    """
-    kh, kw = w.shape[:2]
-    ho = (x.shape[1] - kh) // stride + 1
-    wo = (x.shape[2] - kw) // stride + 1
-    pads = ((0, stride), (0, stride))
-    y = lax.conv_general_dilated(x, w, (stride, stride), pads, dimension_numbers=_DIMS)
-    return y[:, :ho, :wo]
-
-
-def _cpu_forward(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
-    return padded_then_cropped_conv(x, w, stride) if stride == 1 else plain_conv(x, w, stride)
 
 
 def _tap(i: int, j: int, stride: int, ho: int, wo: int) -> tuple[slice, ...]:
@@ -111,12 +84,9 @@ def use_col2im_input_grad(dy_shape) -> bool:
 
 
 def vjp_path(platform: str) -> str:
-    """Which forward and gradients `conv2d` uses on `platform` (reported by the benchmark)."""
+    """Which conv gradients `conv2d` uses on `platform` (reported by the benchmark)."""
     if platform == "cpu":
-        return (
-            "cpu: stride-1 forward padded then cropped; GEMM dW (stride 1, >=128 in, >=64 out), "
-            "col2im dx (<=64 px), else XLA"
-        )
+        return "cpu: GEMM dW (stride 1, >=128 in, >=64 out), col2im dx (<=64 px), else XLA"
     return "plain: XLA's conv VJP"
 
 
@@ -139,23 +109,14 @@ def _cpu_vjp(stride, x, w, dy):
     return dx, dw
 
 
-def _forward(x: jax.Array, w: jax.Array, stride: int) -> jax.Array:
-    return lax.platform_dependent(
-        x,
-        w,
-        cpu=functools.partial(_cpu_forward, stride=stride),
-        default=functools.partial(plain_conv, stride=stride),
-    )
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv2d(x: jax.Array, w: jax.Array, stride: int = 1) -> jax.Array:
-    """VALID NHWC/HWIO conv (`plain_conv`'s values); faster forward and VJP on CPU."""
-    return _forward(x, w, stride)
+    """VALID NHWC/HWIO conv: `lax.conv_general_dilated` forward, GEMM-based VJP on CPU."""
+    return plain_conv(x, w, stride)
 
 
 def _fwd(x, w, stride):
-    return _forward(x, w, stride), (x, w)
+    return plain_conv(x, w, stride), (x, w)
 
 
 def _bwd(stride, res, dy):
