@@ -28,8 +28,10 @@ import numpy as np  # noqa: E402
 from qagan_jax import config as qagan_config  # noqa: E402
 from qagan_jax import conv, train  # noqa: E402
 
-# Eager PyTorch (oneDNN, channels-last, fused Adam) on the same 2-core CPU, s/step (the issue).
-PYTORCH_REFERENCE_S = {2: 1.7, 4: 3.1, 12: 11.0}
+# The issue's quoted eager-PyTorch figures (s/step). They imply ~390 GFLOP/s, above this
+# machine's measured float32 matmul peak; `benchmarks/torch_reference_qagan.py` measures the
+# same step in eager PyTorch on the machine at hand, which is the comparison to trust.
+QUOTED_PYTORCH_S = {2: 1.7, 4: 3.1, 12: 11.0}
 
 
 def _count(tree) -> int:
@@ -83,10 +85,10 @@ def bench_batch(state, mesh, batch_size: int, size: int, steps: int) -> tuple[di
         "xla_temp_bytes": getattr(mem, "temp_size_in_bytes", None),
         "xla_argument_bytes": getattr(mem, "argument_size_in_bytes", None),
     }
-    ref = PYTORCH_REFERENCE_S.get(batch_size)
+    ref = QUOTED_PYTORCH_S.get(batch_size)
     if ref is not None and size == 128:
-        result["pytorch_reference_s"] = ref
-        result["ratio_vs_pytorch"] = round(step_s / ref, 2)
+        result["quoted_pytorch_s"] = ref
+        result["ratio_vs_quoted_pytorch"] = round(step_s / ref, 2)
     return result, state
 
 

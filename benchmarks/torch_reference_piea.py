@@ -435,8 +435,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="batch 1 only, chain at 333×500")
     parser.add_argument("--steps", type=int, default=STEPS, help="optimiser steps M")
+    parser.add_argument("--batch-sizes", default="1,4,8", help="comma-separated search batches")
     args = parser.parse_args()
-    batches = (1,) if args.quick else (1, 4, 8)
+    batches = (1,) if args.quick else tuple(int(b) for b in args.batch_sizes.split(","))
     torch.manual_seed(0)
     report = {
         "conditions": {
