@@ -6,7 +6,8 @@ For each batch size: compile time of the jitted step, steady seconds per step (m
 `--steps` timed steps after one warm-up), XLA's FLOP count of the step and the achieved FLOP/s,
 XLA's buffer estimate; plus parameter counts and the process's peak RSS. The paper networks
 (config `paper`) with a random VGG-19. Batch 12 is skipped when batch 4 extrapolates to over a
-minute per step. Runs on the default JAX backend, one device (the `data` mesh has size 1).
+minute per step. Runs on the default JAX backend, one device (the `data` mesh has size 1), with
+the project's compile options (`common.xla_options`; `--no-xla-cpu-options` for jaxlib's).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from common import xla_options  # noqa: E402
 from qagan_jax import config as qagan_config  # noqa: E402
 from qagan_jax import conv, train  # noqa: E402
 
@@ -100,7 +102,11 @@ def main(argv=None) -> None:
     parser.add_argument("--config", default="paper", help="paper | demo | smoke")
     parser.add_argument("--max-step-s", type=float, default=60.0,
                         help="skip a batch size whose extrapolated step exceeds this")  # fmt: skip
+    parser.add_argument("--no-xla-cpu-options", action="store_true",
+                        help="compile without common.xla_options' CPU defaults (A/B)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.no_xla_cpu_options:
+        xla_options.CPU_COMPILER_OPTIONS = {}  # read once, at the first compile below
 
     config = qagan_config.get_config(args.config)
     mesh = train.make_mesh(jax.devices()[:1])
@@ -117,6 +123,7 @@ def main(argv=None) -> None:
         "jax": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "conv_vjp": conv.vjp_path(jax.default_backend()),
+        "compiler_options": xla_options.compiler_options(mesh.devices.flat),
         "load_average_at_start": os.getloadavg()[0],
         "config": args.config,
         "image_size": args.size,

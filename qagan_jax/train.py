@@ -38,7 +38,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from common import vgg
+from common import vgg, xla_options
 from qagan_jax import losses, models
 
 DATA_AXIS = "data"
@@ -210,12 +210,13 @@ def create_train_state(
     Parameters are created inside `jit` directly with their (replicated) shardings, so nothing
     big is built on the host. `encoder_state` (e.g. from `common.vgg.load_vgg19`, split with
     `nnx.split`) replaces the random VGG-19; without it the encoder is random and a warning
-    says so. `compiler_options` are XLA options for this compile (tests pass fast-compile ones).
+    says so. `compiler_options` are XLA options for this compile (tests pass fast-compile ones), on
+    top of the project's CPU defaults (`common.xla_options`).
     """
     init = jax.jit(
         functools.partial(_init_state, config),
         out_shardings=replicated(mesh),
-        compiler_options=compiler_options,
+        compiler_options=xla_options.compiler_options(mesh.devices.flat, compiler_options),
     )
     # The state is replicated, so partitionable threefry buys nothing here, and XLA:CPU
     # compiles its ~150 draws several times slower (about 4x on a shared 2-core machine).
@@ -356,6 +357,7 @@ def jit_train_step(
     """`train_step` compiled with explicit shardings: state replicated and donated, batch split
     over `data`, key and metrics replicated. Returns `f(state, batch, key)`; it compiles once
     per state structure and batch shape. The global batch must divide by the mesh size.
+    `compiler_options` add to (and override) the CPU defaults of `common.xla_options`.
     """
     shard = state_shardings(state, mesh)
     return jax.jit(
@@ -363,7 +365,7 @@ def jit_train_step(
         in_shardings=(shard, batch_sharding(mesh), replicated(mesh)),
         out_shardings=(shard, replicated(mesh)),
         donate_argnums=0,
-        compiler_options=compiler_options,
+        compiler_options=xla_options.compiler_options(mesh.devices.flat, compiler_options),
     )
 
 
@@ -375,7 +377,7 @@ def jit_eval_step(
         eval_step,
         in_shardings=(state_shardings(state, mesh), batch_sharding(mesh)),
         out_shardings=batch_sharding(mesh),
-        compiler_options=compiler_options,
+        compiler_options=xla_options.compiler_options(mesh.devices.flat, compiler_options),
     )
 
 

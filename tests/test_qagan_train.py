@@ -176,14 +176,18 @@ def test_spectral_state_changes_only_in_the_discriminator_update(one_step):
             assert not np.allclose(conv1.u[...], conv0.u[...])
 
 
-def test_one_device_equals_four_devices(one, one_step):
+def test_one_device_equals_four_devices(one):
+    # Compiled at the default optimisation level: at level 0 with XLA:CPU's own convolutions
+    # (common.xla_options) the 4-device backward of G_L drifts by ~5e-4 relative (jaxlib
+    # 0.10.2; the 1-device program and the level-3 programs agree to 1e-5).
     assert len(jax.devices()) >= 4, "conftest sets 4 fake CPU devices"
-    mesh4 = train.make_mesh(jax.devices()[:4])
-    state4 = jax.device_put(_copy(one.state), train.state_shardings(one.state, mesh4))
-    step4 = train.jit_train_step(state4, mesh4, compiler_options=FAST_COMPILE)
-    state4, metrics4 = step4(state4, _batch(), one.key)
+    results = []
+    for devices in (jax.devices()[:1], jax.devices()[:4]):
+        mesh = train.make_mesh(devices)
+        state = jax.device_put(_copy(one.state), train.state_shardings(one.state, mesh))
+        results.append(train.jit_train_step(state, mesh)(state, _batch(), one.key))
+    (state1, metrics1), (state4, metrics4) = results
     assert state4.gen["g_h"]["decoder"]["conv1_1"]["conv"]["kernel"].sharding.num_devices == 4
-    _, state1, metrics1 = one_step
     for name in LOSSES:
         np.testing.assert_allclose(metrics4[name], metrics1[name], rtol=1e-5, atol=1e-6)
     for group in ("gen", "disc", "spectral", "gen_opt", "disc_opt"):
