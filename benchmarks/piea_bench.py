@@ -22,6 +22,7 @@ The CPU may be shared with other work: the load average is recorded before and a
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -38,6 +39,7 @@ import skimage.transform
 from absl import app, flags
 from flax import nnx
 
+from common import xla_options
 from common.nima import random_nima_vgg16
 from piea_jax import FILTER_ORDER, apply_filters, initial_raw_params, to_physical
 from piea_jax.guiders import nima_guider, photo_critic
@@ -112,7 +114,8 @@ def bench_enhance(name, guider, batch, preview_size, repeats, unroll=1) -> dict:
     args, shape = _search_args(images, guider, preview_size)
     static = {"steps": _STEPS.value, "optimizer": "sgd", "order": FILTER_ORDER, "unroll": unroll}
     start = time.perf_counter()
-    compiled = enhance_module._search.lower(*args, **static).compile()
+    search = enhance_module.compiled_search(jax.devices()[:1])  # what `enhance` runs
+    compiled = search.lower(*args, **static).compile()
     compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
 
@@ -232,12 +235,16 @@ def profile_nima_step(guider, batch, preview_shape) -> dict:
     def chain_sum(r):
         return jnp.sum(jax.vmap(_chain_loss)(r, previews))
 
+    # Compiled with the options `enhance` uses (common.xla_options), so the split adds up.
+    jit = functools.partial(
+        jax.jit, compiler_options=xla_options.compiler_options(jax.devices()[:1])
+    )
     parts = {
-        "vgg16_forward_and_input_grad_224": (jax.jit(jax.grad(model_score)), small),
-        "guider_resize_forward_and_grad": (jax.jit(jax.grad(resize_sum)), previews),
-        "filter_chain_forward_and_grad": (jax.jit(jax.grad(chain_sum)), raw),
+        "vgg16_forward_and_input_grad_224": (jit(jax.grad(model_score)), small),
+        "guider_resize_forward_and_grad": (jit(jax.grad(resize_sum)), previews),
+        "filter_chain_forward_and_grad": (jit(jax.grad(chain_sum)), raw),
     }
-    parts["vgg16_forward_only_224"] = (jax.jit(model_score), small)
+    parts["vgg16_forward_only_224"] = (jit(model_score), small)
     out = {}
     for name, (fn, arg) in parts.items():
         jax.block_until_ready(fn(arg))

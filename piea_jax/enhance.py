@@ -32,6 +32,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from common import xla_options
 from piea_jax.params import FILTER_ORDER, apply_filters, initial_raw_params, to_physical
 
 logger = logging.getLogger(__name__)
@@ -138,9 +139,8 @@ def _search_one(raw0, preview, learning_rate, guider, *, steps, optimizer, order
     return raw, raws, append(scores, final_score), append(losses, final_loss)
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "optimizer", "order", "unroll"))
 def _search(raw0, previews, learning_rates, guider, *, steps, optimizer, order, unroll=1):
-    """The compiled search: vmap over images (and over rates when `learning_rates` is 1-D)."""
+    """The search: vmap over images (and over rates when `learning_rates` is 1-D)."""
     global _search_traces
     _search_traces += 1
     one = functools.partial(
@@ -152,6 +152,22 @@ def _search(raw0, previews, learning_rates, guider, *, steps, optimizer, order, 
     raw, raws, scores, losses = batched(raw0, previews, learning_rates, guider)
     batch_ndim = learning_rates.ndim + 1  # (images) or (rates, images)
     return raw, _physical(raw, batch_ndim), _physical(raws, batch_ndim + 1), scores, losses
+
+
+@functools.cache
+def _jit_search(options: tuple[tuple[str, object], ...]):
+    """`_search` under `jax.jit` with these compile options; one jit object (and cache) each."""
+    return jax.jit(
+        _search,
+        static_argnames=("steps", "optimizer", "order", "unroll"),
+        compiler_options=dict(options) or None,
+    )
+
+
+def compiled_search(devices: Sequence[jax.Device]):
+    """The jitted search for a program on `devices`, with `common.xla_options`' options."""
+    options = xla_options.compiler_options(devices) or {}
+    return _jit_search(tuple(sorted(options.items())))
 
 
 @functools.partial(jax.jit, static_argnames=("order",))
@@ -297,7 +313,8 @@ def enhance(
             mesh, previews, raw0, learning_rates, guider
         )
 
-    outputs = _search(
+    devices = list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]
+    outputs = compiled_search(devices)(
         raw0,
         previews,
         learning_rates,

@@ -236,3 +236,25 @@ def test_unrolled_search_equals_the_loop(dark):
     for name, value in loop.params.items():
         np.testing.assert_allclose(unrolled.params[name], value, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(unrolled.scores, loop.scores, rtol=1e-5)
+
+
+def test_search_compiles_with_the_cpu_options(dark):
+    # `enhance` runs the search jitted with common.xla_options' options: on CPU, no YNNPACK
+    # fusion is left around the guider's convolutions. One jit object per option set.
+    devices = jax.devices()[:1]
+    search = enhance_module.compiled_search(devices)
+    assert search is enhance_module.compiled_search(devices)
+    kernel = jax.numpy.ones((3, 3, 3, 64)) / 27
+
+    def conv_guider(image):
+        x = jax.lax.conv_general_dilated(image[None], kernel, (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))  # fmt: skip
+        return jax.numpy.mean(x)
+
+    raw0 = jax.tree.map(lambda r: np.broadcast_to(r, (2, *r.shape)), initial_raw_params())
+    args = (raw0, dark[:2], np.float32(1e-3), jax.tree_util.Partial(conv_guider))
+    static = {"steps": 1, "optimizer": "sgd", "order": enhance_module.FILTER_ORDER}
+    hlo = search.lower(*args, **static).compile().as_text()
+    assert "convolution(" in hlo
+    if jax.default_backend() == "cpu" and enhance_module.xla_options.compiler_options(devices):
+        assert "ynn_fusion" not in hlo
