@@ -6,6 +6,8 @@ of the QAGAN decoders that halve the channels (128->64 at 128Â², 256->128 at 64Â
 fusions off, XLA:CPU's own (Eigen) convolution runs every VGG-shaped layer at 166-212 GFLOP/s
 forward and 147-203 forward + both gradients (batch 2, 2-core x86 VM;
 `benchmarks/xla_cpu_conv_bench.py` measures both paths on every conv shape of the networks).
+jaxlib 0.12 (what pip resolves on Python >= 3.12) already runs these shapes fast by default:
+there the option is about neutral (QAGAN step at batch 2: 3.96 s with it, 4.17 s without).
 PIEA's VGG16-NIMA search gains less (its layers are the fast shapes already): about 5 % in
 time and 30 % in XLA temp memory at batch 8 (`benchmarks/piea_bench.py`). The options apply to
 CPU compilations only: GPU and TPU programs compile exactly as before.
