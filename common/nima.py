@@ -1,9 +1,10 @@
 """NIMA (Talebi & Milanfar, 2018): an aesthetic-score head on an image backbone (flax.nnx).
 
-NIMA = backbone -> global average pool -> dropout -> Dense(10) -> softmax over the scores
-1..10; its score is the mean Σ i·p_i (`mean_score`). PIEA uses it as the guider, QAGAN as a
-metric. This module holds the model structure only; checkpoint loaders arrive with the weights
-work (spec/weights.md) — until then a NIMA has random weights and its scores mean nothing.
+NIMA = backbone -> global average pool (or a flatten) -> dropout -> Dense(10) -> softmax over
+the scores 1..10; its score is the mean Σ i·p_i (`mean_score`). PIEA uses it as the guider,
+QAGAN as a metric. This module holds the model structure only; checkpoint loaders arrive with
+the weights work (spec/weights.md) — until then a NIMA has random weights and its scores mean
+nothing.
 """
 
 from __future__ import annotations
@@ -30,8 +31,14 @@ class Nima(nnx.Module):
       backbone: an `nnx.Module` mapping (N, H, W, 3) images in [0, 1] to an NHWC feature map,
         or to a dict of maps (then `tap` names the one to use). Any input normalisation the
         backbone expects happens inside it.
-      features: channels of the backbone's feature map.
+      features: inputs of the dense layer: the backbone's channels for `pool="avg"`, H·W·C
+        of its map for `pool="flatten"`, its output width for `pool="none"`.
       tap: the key of the backbone's output dict; None when it returns an array.
+      pool: "avg" - global average pool of an NHWC map (NIMA); "flatten" - flatten the NHWC
+        map (heads trained on a fixed-size map; loaders reorder torch's NCHW-flatten
+        kernels, `common.weights.nchw_flatten_linear`); "none" - the backbone already
+        returns (N, features).
+      head_relu: a ReLU before the dropout (nima.pytorch's head).
       input_size: the square size the model was trained at (e.g. 224), used by guiders and
         metrics that resize inside their differentiated function; None for native resolution.
         The model itself never resizes.
@@ -47,12 +54,18 @@ class Nima(nnx.Module):
         *,
         features: int,
         tap: str | None = None,
+        pool: str = "avg",
+        head_relu: bool = False,
         input_size: int | None = 224,
         dropout: float = 0.75,
         rngs: nnx.Rngs,
     ):
+        if pool not in ("avg", "flatten", "none"):
+            raise ValueError(f"unknown NIMA pooling {pool!r}: avg | flatten | none")
         self.backbone = backbone
         self.tap = tap
+        self.pool = pool
+        self.head_relu = head_relu
         self.input_size = input_size
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         self.head = nnx.Linear(features, NUM_SCORES, rngs=rngs)
@@ -61,8 +74,13 @@ class Nima(nnx.Module):
         features = self.backbone(images_nhwc)
         if self.tap is not None:
             features = features[self.tap]
-        pooled = jnp.mean(features, axis=(1, 2))
-        return jax.nn.softmax(self.head(self.dropout(pooled)), axis=-1)
+        if self.pool == "avg":
+            features = jnp.mean(features, axis=(1, 2))
+        elif self.pool == "flatten":
+            features = features.reshape(features.shape[0], -1)
+        if self.head_relu:
+            features = jax.nn.relu(features)
+        return jax.nn.softmax(self.head(self.dropout(features)), axis=-1)
 
 
 def random_nima_vgg16(seed: int = 0, *, width: int = 1, input_size: int | None = 224) -> Nima:
