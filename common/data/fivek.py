@@ -102,7 +102,7 @@ class FivekTree:
 
 
 def fivek_id(name: str) -> str | None:
-    """ "aNNNN" from a FiveK file name ("a0042-IMG_1234.png", "0042.jpg"), or None."""
+    """The id ("aNNNN") in a FiveK file name ("a0042-IMG_1234.png", "0042.jpg"), or None."""
     match = _ID_PATTERN.match(Path(name).stem)
     if match and 1 <= int(match.group(1)) <= NUM_IDS:
         return f"a{int(match.group(1)):04d}"
