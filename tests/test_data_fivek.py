@@ -243,3 +243,26 @@ def test_seeded_split_builds_its_own_config(trees, tmp_path):
     assert builder.builder_config.name == "export512-random5"
     assert meta["split_seed"] == 5 and meta["split_name"] == "random5"
     assert meta["ids"] == fivek.split_ids([f"a{i:04d}" for i in fx.TREE_IDS], seed=5)
+
+
+def test_stored_sizes():
+    landscape = np.zeros((600, 900, 3), np.uint8)
+    assert records.resize_short_side(landscape, 512).shape == (512, 768, 3)
+    assert records.resize_short_side(landscape.transpose(1, 0, 2), 512).shape == (768, 512, 3)
+    small = np.zeros((333, 500, 3), np.uint8)
+    assert records.resize_short_side(small, 512) is small  # never upscaled
+    assert records.eval_crop_size(512, 768) == 512
+    assert records.eval_crop_size(333, 500) == 320  # EXPOSURE's 500-px images
+    image = np.arange(6 * 8).reshape(6, 8, 1).repeat(3, -1)
+    np.testing.assert_array_equal(records.center_crop(image, 4), image[1:5, 2:6])
+
+
+def test_config_names_parse_back():
+    config = fivek.MitAdobeFivek.get_builder_config("exposure500-random-3")
+    assert (config.layout, config.split_seed, config.name) == (
+        "exposure500",
+        -3,
+        "exposure500-random-3",
+    )
+    assert fivek.MitAdobeFivek.get_builder_config("presplit-default").split_seed is None
+    assert fivek.MitAdobeFivek.get_builder_config("other-default") is None

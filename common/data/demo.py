@@ -14,7 +14,8 @@ CC0 per scikit-image's docstrings):
 * Val/test: square crops of `eval_crop` (chelsea: 224, the largest multiple of 16 in its half)
   at seeded positions inside the *low* halves, as (degraded crop, original crop) pairs. So a
   val/test region overlaps low-domain training crops (seen there degraded with other random
-  parameters), but its clean original is never in the high domain. Pair k uses photo k mod 5.
+  parameters), but its clean original is never in the high domain; val and test crops may
+  overlap each other. Pair k uses photo k modulo the number of photos.
 * Degradation, one seeded draw per image, in this order on [0, 1] floats: a colour cast
   (per-channel gains exp(U(-cast, cast)), normalised so grey keeps its luminance), lowered
   saturation (blend towards luminance by s), lowered contrast (blend towards the mean
@@ -22,8 +23,8 @@ CC0 per scikit-image's docstrings):
   random); clipped and rounded to 8 bits. Luminance is Rec. 709 (0.2126 R + 0.7152 G +
   0.0722 B).
 
-Sizes with the default recipe: 40 training images per domain and 4 val / 8 test pairs, about
-11 MB of pixels in all. Built in a few seconds into the user's cache
+Sizes with the default recipe: 40 training images per domain and 4 val / 8 test pairs; about
+20 MB decoded, 13 MB as stored PNGs. Built in about 3 s into the user's cache
 (`records.cache_dir()/demo/<recipe hash>`, never the repository) as the same TFDS
 `array_record` format as FiveK; a changed recipe gets a new hash and is built afresh.
 """
