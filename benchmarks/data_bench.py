@@ -17,6 +17,7 @@ Everything is written to a temporary folder (nothing in the user's cache).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -168,7 +169,13 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="worker processes to compare")
     args = parser.parse_args(argv)
     flags.FLAGS.mark_as_parsed()  # grain's worker processes read grain's absl flags
+    with contextlib.redirect_stdout(sys.stderr):  # TFDS prints progress to stdout
+        report = run(args)
+    print(json.dumps(report, indent=2))
 
+
+def run(args) -> dict:
+    """Every measurement of the module docstring, as a JSON-serialisable dict."""
     report = {
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -252,7 +259,7 @@ def main(argv=None) -> None:
         report["tfds_read_through"] = cases
     report["load_average_at_end"] = os.getloadavg()[0]
     report["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    print(json.dumps(report, indent=2))
+    return report
 
 
 if __name__ == "__main__":
