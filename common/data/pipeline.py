@@ -195,8 +195,9 @@ def train_iterator(
       process_index, process_count: this process and the number of processes (default
         `jax.process_index()`, `jax.process_count()`).
       worker_count: grain worker processes (0: in this process, with `read_threads`
-        threads). On a 2-core CPU use 0: with the images in memory an example costs well
-        under a millisecond, and the cores are the training step's. Workers are spawned
+        threads). On a 2-core CPU use 0: with the images in memory this delivers 400-600
+        images/s there (`benchmarks/data_bench.py`; the paper step needs about 1), and the
+        cores are the training step's. Workers are spawned
         processes that read the source themselves; grain reads its absl flags there, so
         run under absl's `app.run` (as the experiments do) or parse absl flags first.
       in_memory: hold each domain's decoded images in memory; None (default): when there are
