@@ -49,51 +49,36 @@ def pad_to_multiple(images_nhwc: np.ndarray, multiple: int = MULTIPLE) -> np.nda
     return np.pad(images_nhwc, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="reflect")
 
 
-def local_rows(array: jax.Array) -> np.ndarray:
-    """This process's rows of a batch-sharded global array, in order (all rows on one host)."""
-    shards = {}
-    for shard in array.addressable_shards:
-        start = shard.index[0].start or 0
-        shards.setdefault(start, np.asarray(shard.data))
-    return np.concatenate([shards[k] for k in sorted(shards)])
-
-
 class Enhancer:
     """G_H of a `train.TrainState` as a host function on images of any size.
 
     `enhancer(state, images)`: `images` is this process's (n, H, W, 3) array of one shape (uint8,
-    or float in [0, 1]); returns G_H's outputs as float32 in [0, 1], shape (n, H, W, 3). Under
-    several processes every process calls it together with its own n images (n may differ:
-    batches are padded to the largest). One compiled program per padded shape and batch size;
-    `state` may change between calls (same structure).
+    or float in [0, 1]); returns G_H's outputs as float32 in [0, 1], shape (n, H, W, 3). It runs
+    on this process's devices of `mesh` only (the batch split over them, padded to a multiple of
+    their number): processes evaluate their own images independently, with no collective per
+    batch, so their batches may differ in number and shape. One compiled program per padded
+    shape and batch size; `state` may change between calls (same structure).
     """
 
     def __init__(self, state: train.TrainState, mesh, *, compiler_options=None):
-        self.mesh = mesh
-        self._fn = train.jit_eval_step(state, mesh, compiler_options=compiler_options)
-        self._local_devices = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
-        # A mesh of this process's devices only (batch inference) runs without the others.
-        self._spans_processes = len({d.process_index for d in mesh.devices.flat}) > 1
+        local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+        self.mesh = train.make_mesh(local)
+        self._spans_processes = len(local) < mesh.size
+        self._fn = train.jit_eval_step(state, self.mesh, compiler_options=compiler_options)
 
     def __call__(self, state: train.TrainState, images: np.ndarray) -> np.ndarray:
+        if self._spans_processes:  # this process's replica of the (replicated) state
+            state = jax.tree.map(lambda x: x.addressable_data(0), state)
         images = np.asarray(images)
         if images.dtype == np.uint8:
             images = images.astype(np.float32) / 255.0
         n, h, w, _ = images.shape
-        # Every process must pass the same number of rows: pad to the largest, then to a
-        # multiple of the local devices, by repeating the last image (dropped afterwards).
-        rows = n
-        if self._spans_processes:
-            rows = int(max(multihost_utils.process_allgather(np.int32(n)).reshape(-1)))
-        rows = -(-max(rows, 1) // self._local_devices) * self._local_devices
-        if n < rows:
-            filler = np.repeat(
-                images[-1:] if n else np.zeros((1, h, w, 3), np.float32), rows - n, 0
-            )
-            images = np.concatenate([images, filler])
+        rows = -(-n // self.mesh.size) * self.mesh.size
+        if n < rows:  # repeat the last image; dropped afterwards
+            images = np.concatenate([images, np.repeat(images[-1:], rows - n, axis=0)])
         x = pad_to_multiple(images * 2.0 - 1.0)
-        batch = jax.make_array_from_process_local_data(train.batch_sharding(self.mesh), x)
-        out = local_rows(self._fn(state, batch))
+        batch = jax.device_put(x, train.batch_sharding(self.mesh))
+        out = np.asarray(self._fn(state, batch))
         return np.clip((out[:n, :h, :w] + 1.0) * 0.5, 0.0, 1.0)
 
 

@@ -1,10 +1,14 @@
 """The QAGAN training loop: resume == uninterrupted, SIGKILL + restart, NaN stop, work-directory
 checks, accelerator lowering, bfloat16 compute, and the enhance command."""
 
+import contextlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -18,6 +22,17 @@ from qagan_jax import config as qagan_config
 from qagan_jax import train, trainer
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def socket_port():
+    """A free TCP port on localhost (released before the caller binds it)."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    yield port
+
+
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
@@ -171,3 +186,75 @@ def test_qagan_enhance_corpus_with_broken_files_at_odd_sizes(tmp_path):
     assert {p.name: p.read_bytes() for p in photos.iterdir()} == before  # inputs untouched
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 1 and "output exists" in again.stderr  # no silent overwrite
+
+
+def _cli(workdir, *extra, devices=2, cache=None, port=None, process=None):
+    """`python -m experiments.qagan_fivek` on the demo set with the smoke config, as a process."""
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        PYTHONPATH=str(ROOT),
+        AESTHETIC_ENHANCE_CACHE_DIR=str(cache),
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} "
+        "--xla_backend_optimization_level=0",
+    )
+    cmd = [sys.executable, "-m", "experiments.qagan_fivek", "--workdir", str(workdir),
+           "--config", "qagan_jax/config.py:smoke", *extra]  # fmt: skip
+    if port is not None:
+        cmd += ["--coordinator", f"localhost:{port}", "--num-processes", "2",
+                "--process-id", str(process)]  # fmt: skip
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def _train_records(workdir):
+    lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(x) for x in lines if '"train"' in x]
+
+
+def test_sigkill_mid_run_then_restart_resumes_and_finishes(tmp_path):
+    steps = ["--config.opt.steps_per_epoch=6", "--config.opt.num_epochs=1",
+             "--config.train.checkpoint_every=2", "--config.train.sample_every=0"]  # fmt: skip
+    workdir = tmp_path / "run"
+    proc = _cli(workdir, *steps, cache=tmp_path / "cache")
+    checkpoints = workdir / "checkpoints"
+    deadline = time.time() + 600
+    while not (checkpoints / "2" / "commit_success.txt").exists() and proc.poll() is None:
+        assert time.time() < deadline, "no checkpoint within 10 minutes"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # A checkpoint that was being written when the process died: never restored.
+    partial = checkpoints / "5.orbax-checkpoint-tmp-1"
+    partial.mkdir()
+    (partial / "state").mkdir()
+    restart = _cli(workdir, *steps, cache=tmp_path / "cache")
+    out, _ = restart.communicate(timeout=600)
+    assert restart.returncode == 0, out
+    starts = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()
+              if '"start"' in x]  # fmt: skip
+    assert starts[0]["step"] == 0 and starts[-1]["step"] >= 2
+    assert max(r["step"] for r in _train_records(workdir)) == 6
+    with ocp.CheckpointManager(checkpoints) as manager:
+        assert manager.latest_step() == 6
+    assert "G_H at step 6" in out and "built-in demo set" in out
+
+
+def test_two_processes_over_loopback_equal_one_process_with_four_devices(tmp_path):
+    steps = ["--config.opt.steps_per_epoch=2", "--config.opt.num_epochs=1",
+             "--config.train.sample_every=0", "--stop-after=2"]  # fmt: skip
+    cache = tmp_path / "cache"
+    single = _cli(tmp_path / "one", *steps, devices=4, cache=cache)
+    assert single.wait(timeout=600) == 0, single.stdout.read()
+    with socket_port() as port:
+        procs = [_cli(tmp_path / "two", *steps, devices=2, cache=cache, port=port, process=i)
+                 for i in (0, 1)]  # fmt: skip
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    one, two = _train_records(tmp_path / "one"), _train_records(tmp_path / "two")
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2]
+    start = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert start[0]["processes"] == 2 and start[0]["devices"] == 4
+    for a, b in zip(one, two, strict=True):
+        for name in ("d_h", "d_l", "g_adv_h", "g_adv_l", "cycle", "g_total"):
+            assert b[name] == pytest.approx(a[name], rel=1e-5, abs=1e-6), name
