@@ -29,10 +29,11 @@ from tests.vgg_reference import (
 RNG = np.random.default_rng(0)
 
 
-def _head(features: int, seed: int):
-    # Logits of a few units so that the softmax is far from uniform.
+def _head(features: int, seed: int, gain: float):
+    # `gain` keeps the softmax away from both uniform and one-hot (asserted by the tests), so
+    # that a wrong feature order or scale changes the probabilities.
     rng = np.random.default_rng(seed)
-    weight = rng.standard_normal((10, features)).astype(np.float32) * 3 / np.sqrt(features)
+    weight = rng.standard_normal((10, features)).astype(np.float32) * gain / np.sqrt(features)
     return weight, rng.standard_normal(10).astype(np.float32)
 
 
@@ -43,7 +44,7 @@ def _head(features: int, seed: int):
 def pyiqa_vgg16(tmp_path_factory):
     """A file laid out as IQA-PyTorch saves NIMA_VGG16_ava: {"params": state_dict}."""
     features = random_features("vgg16")
-    weight, bias = _head(512, 1)
+    weight, bias = _head(512, 1, gain=0.3)
     state = {k.replace("features.", "base_model.features_"): v for k, v in features.items()}
     state.update({"classifier.2.weight": weight, "classifier.2.bias": bias})
     path = tmp_path_factory.mktemp("pyiqa") / "NIMA_VGG16_ava-dc4e8265.pth"
@@ -58,6 +59,8 @@ def test_vgg16_gap_matches_numpy_reference(pyiqa_vgg16):
     x = RNG.uniform(0, 1, (2, 64, 64, 3)).astype(np.float32)
     pool5 = vgg_taps(x, random_features("vgg16"), "vgg16")["pool5"]  # ImageNet mean/std inside
     ref = nima_probs(pool5.mean(axis=(1, 2)), weight, bias)
+    assert 0.15 < ref.max() < 0.9
+    assert_close_to_scale(model.backbone(x)["pool5"], pool5, what="vgg16_gap pool5")
     got = model(x)
     assert_close_to_scale(got, ref, what="vgg16_gap probabilities")
     # Evaluation mode (no dropout): the same input gives the same scores.
@@ -88,7 +91,7 @@ def test_wrong_format_is_named(pyiqa_vgg16):
 
 @pytest.fixture(scope="module")
 def nia_state():
-    weight, bias = _head(25088, 2)
+    weight, bias = _head(25088, 2, gain=3.0)
     # Trained on several GPUs, Neural-IMage-Assessment wraps `features` in DataParallel.
     state = {
         k.replace("features.", "features.module."): v for k, v in random_features("vgg16").items()
@@ -109,6 +112,7 @@ def test_vgg16_flatten_both_releases_match_numpy_reference(tmp_path, nia_state):
     z = RNG.uniform(0, 1, (1, 224, 224, 3)).astype(np.float32)
     pool5 = vgg_taps(z, random_features("vgg16"), "vgg16", normalize=False)["pool5"]
     ref = nima_probs(nchw_flatten(pool5), weight, bias)  # torch's view(N, -1) of NCHW
+    assert 0.15 < ref.max() < 0.9
     assert_close_to_scale(plain(z), ref, what="vgg16_flatten probabilities")
     # The 2021 model normalises inside: feed it the image whose normalisation is z.
     x = z * IMAGENET_STD.astype(np.float32) + IMAGENET_MEAN.astype(np.float32)

@@ -112,8 +112,13 @@ class _TorchPickler(pickle._Pickler):  # the pure-Python pickler: GLOBAL opcodes
             # Memoise the array too: the same array twice is the same tensor twice.
             return (REBUILD_TENSOR_V2, (storage, 0, obj.shape, obj.stride, False, OrderedDict()))
         if isinstance(obj, View):
-            args = (obj.storage, obj.offset, tuple(obj.shape), tuple(obj.stride), False)
-            return (REBUILD_TENSOR_V2, (*args, OrderedDict()))
+            # Fresh tuples, as torch's tensor.size() / stride() give: equal tuples of two
+            # tensors are pickled twice, not memoised.
+            shape, stride = tuple(list(obj.shape)), tuple(list(obj.stride))
+            return (
+                REBUILD_TENSOR_V2,
+                (obj.storage, obj.offset, shape, stride, False, OrderedDict()),
+            )
         return NotImplemented
 
 
@@ -223,11 +228,12 @@ def save_legacy_pickle(path, object_pickle: bytes, storages: dict[str, Storage] 
 def save_legacy(obj, path) -> None:
     """`torch.save(obj, path, _use_new_zipfile_serialization=False)` for numpy containers."""
     storages: dict[str, Storage] = {}
-    keys: dict[int, str] = {}
+    pointers: dict[int, int] = {}
 
     def storage_id(storage: Storage):
-        # torch keys legacy storages by their C pointer; any distinct decimal strings will do.
-        key = keys.setdefault(id(storage), str(94_000_000_000_000 + 4096 * len(keys)))
+        # torch keys legacy storages by their C pointer, as a new string at every use (so the
+        # pickle repeats it rather than memoising it); any distinct numbers will do.
+        key = str(pointers.setdefault(id(storage), 94_000_000_000_000 + 4096 * len(pointers)))
         storages[key] = storage
         return ("storage", _STORAGE_TYPES[storage.data.dtype], key, "cpu", storage.data.size, None)
 
