@@ -144,6 +144,11 @@ NIMA_BACKBONES = tuple(_FORMATS)
 
 
 def _builders(backbone: str):
+    if backbone == "bn_inception":
+        raise NotImplementedError(
+            "NIMA bn_inception (the paper's backbone, to be trained here on AVA by "
+            "experiments.nima_ava) is not available yet: no public AVA checkpoint exists"
+        )
     if backbone not in _FORMATS:
         raise ValueError(f"unknown NIMA backbone {backbone!r}: one of {', '.join(_FORMATS)}")
     module_name = _FORMATS[backbone].module

@@ -191,7 +191,9 @@ def test_unavailable_backbone_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "common.inception_resnet_v2", None)
     with pytest.raises(ImportError, match="'inception_resnet_v2' is not available"):
         load_nima(tmp_path / "x.pth", backbone="inception_resnet_v2")
-    with pytest.raises(ValueError, match="unknown NIMA backbone 'bn_inception'"):
+    with pytest.raises(ValueError, match="unknown NIMA backbone 'inception_v2'"):
+        load_nima(tmp_path / "x.pth", backbone="inception_v2")
+    with pytest.raises(NotImplementedError, match="bn_inception"):
         load_nima(tmp_path / "x.pth", backbone="bn_inception")
 
 
