@@ -79,6 +79,21 @@ def test_views_into_a_shared_storage(tmp_path, layout):
     np.testing.assert_array_equal(got["again"], full)
 
 
+def test_torch03_python2_legacy_file_from_a_gpu(tmp_path):
+    # What torchvision's 2017 VGG files are likely to be: torch 0.2/0.3, Python 2 strings,
+    # _rebuild_tensor without the v2 arguments; here also saved from a GPU.
+    arrays = OrderedDict([("features.0.weight", RNG.standard_normal((4, 3, 3, 3)))])
+    arrays["features.0.bias"] = np.arange(4, dtype=np.float32)
+    path = tmp_path / "vgg-2017.pth"
+    torch_format.save_legacy(arrays, path, torch03=True, location="cuda:0")
+    data = path.read_bytes()
+    assert b"_rebuild_tensor\n" in data and b"ctorch.cuda\nDoubleStorage" in data
+    got = weights.read_checkpoint(path)
+    assert list(got) == list(arrays)
+    for key, want in arrays.items():
+        np.testing.assert_array_equal(got[key], want)
+
+
 def test_big_endian_zip(tmp_path):
     arrays = {"w": RNG.standard_normal((3, 2)).astype(np.float32), "n": np.arange(3)}
     path = tmp_path / "be.pth"

@@ -63,7 +63,9 @@ class Global:
 
 
 REBUILD_TENSOR_V2 = Global("torch._utils", "_rebuild_tensor_v2")
+REBUILD_TENSOR = Global("torch._utils", "_rebuild_tensor")  # torch < 0.4
 _STORAGE_TYPES = {dtype: Global("torch", name) for dtype, name in _STORAGE_NAMES.items()}
+_CUDA_STORAGE_TYPES = {d: Global("torch.cuda", name) for d, name in _STORAGE_NAMES.items()}
 
 
 @dataclasses.dataclass(eq=False)
@@ -91,10 +93,24 @@ def _contiguous_strides(shape) -> tuple[int, ...]:
 class _TorchPickler(pickle._Pickler):  # the pure-Python pickler: GLOBAL opcodes are writable
     dispatch = pickle._Pickler.dispatch.copy()
 
-    def __init__(self, file, *, storage_id):
+    def __init__(self, file, *, storage_id, torch03: bool = False):
         super().__init__(file, protocol=2)
         self._storage_id = storage_id
         self._own_storages: dict[int, Storage] = {}
+        self._torch03 = torch03
+
+    def _save_str(self, obj: str):
+        if not self._torch03:
+            return pickle._Pickler.save_str(self, obj)
+        # Python 2's pickler writes `str` as byte strings (SHORT_BINSTRING / BINSTRING).
+        data = obj.encode()
+        if len(data) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(data)]) + data)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(data)) + data)
+        self.memoize(obj)
+
+    dispatch[str] = _save_str
 
     def _save_global_marker(self, obj: Global):
         self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
@@ -108,23 +124,22 @@ class _TorchPickler(pickle._Pickler):  # the pure-Python pickler: GLOBAL opcodes
     def reducer_override(self, obj):
         if isinstance(obj, np.ndarray):
             storage = self._own_storages.setdefault(id(obj), Storage(obj.reshape(-1)))
-            obj = View(storage, 0, obj.shape, _contiguous_strides(obj.shape))
-            # Memoise the array too: the same array twice is the same tensor twice.
-            return (REBUILD_TENSOR_V2, (storage, 0, obj.shape, obj.stride, False, OrderedDict()))
-        if isinstance(obj, View):
-            # Fresh tuples, as torch's tensor.size() / stride() give: equal tuples of two
-            # tensors are pickled twice, not memoised.
-            shape, stride = tuple(list(obj.shape)), tuple(list(obj.stride))
-            return (
-                REBUILD_TENSOR_V2,
-                (obj.storage, obj.offset, shape, stride, False, OrderedDict()),
-            )
-        return NotImplemented
+            view = View(storage, 0, obj.shape, _contiguous_strides(obj.shape))
+        elif isinstance(obj, View):
+            view = obj
+        else:
+            return NotImplemented
+        # Fresh tuples, as torch's tensor.size() / stride() give: equal tuples of two tensors
+        # are pickled twice, not memoised.
+        shape, stride = tuple(list(view.shape)), tuple(list(view.stride))
+        if self._torch03:  # Tensor.__reduce__ of torch 0.2 / 0.3
+            return (REBUILD_TENSOR, (view.storage, view.offset, shape, stride))
+        return (REBUILD_TENSOR_V2, (view.storage, view.offset, shape, stride, False, OrderedDict()))
 
 
-def _pickle(obj, storage_id) -> bytes:
+def _pickle(obj, storage_id, *, torch03: bool = False) -> bytes:
     buffer = io.BytesIO()
-    _TorchPickler(buffer, storage_id=storage_id).dump(obj)
+    _TorchPickler(buffer, storage_id=storage_id, torch03=torch03).dump(obj)
     return buffer.getvalue()
 
 
@@ -225,16 +240,23 @@ def save_legacy_pickle(path, object_pickle: bytes, storages: dict[str, Storage] 
             f.write(_storage_bytes(storages[key], "little"))
 
 
-def save_legacy(obj, path) -> None:
-    """`torch.save(obj, path, _use_new_zipfile_serialization=False)` for numpy containers."""
+def save_legacy(obj, path, *, torch03: bool = False, location: str = "cpu") -> None:
+    """`torch.save(obj, path, _use_new_zipfile_serialization=False)` for numpy containers.
+
+    `torch03=True` writes what torch 0.2 / 0.3 under Python 2 wrote (the era of torchvision's
+    VGG files): tensors as `torch._utils._rebuild_tensor(storage, offset, size, stride)` and
+    strings as Python 2 byte strings. `location="cuda:0"` names GPU storages (`torch.cuda.*`
+    types in the torch03 style), as a file saved from a GPU does.
+    """
     storages: dict[str, Storage] = {}
     pointers: dict[int, int] = {}
+    types = _CUDA_STORAGE_TYPES if torch03 and location.startswith("cuda") else _STORAGE_TYPES
 
     def storage_id(storage: Storage):
         # torch keys legacy storages by their C pointer, as a new string at every use (so the
         # pickle repeats it rather than memoising it); any distinct numbers will do.
         key = str(pointers.setdefault(id(storage), 94_000_000_000_000 + 4096 * len(pointers)))
         storages[key] = storage
-        return ("storage", _STORAGE_TYPES[storage.data.dtype], key, "cpu", storage.data.size, None)
+        return ("storage", types[storage.data.dtype], key, location, storage.data.size, None)
 
-    save_legacy_pickle(path, _pickle(obj, storage_id), storages)
+    save_legacy_pickle(path, _pickle(obj, storage_id, torch03=torch03), storages)
