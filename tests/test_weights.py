@@ -192,6 +192,14 @@ def test_malicious_pickles_are_refused_and_never_run(tmp_path, layout, name):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("name", ["os.system", "builtins.eval", "nested __reduce__"])
+def test_the_payloads_do_run_under_a_plain_unpickler(tmp_path, name):
+    # The control for the test above: the same bytes, given to pickle.loads, create the file.
+    marker = tmp_path / "payload-ran"
+    pickle.loads(_payload_pickles(marker)[name])
+    assert marker.exists()
+
+
 def test_reading_a_tensor_past_its_storage_is_refused(tmp_path):
     storage = Storage(np.zeros(6, np.float32))
     path = tmp_path / "oob.pth"
