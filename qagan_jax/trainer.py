@@ -47,13 +47,12 @@ import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from common import data as qdata
+from common import nima
 from common.images import save_image, to_uint8
 from qagan_jax import evaluate as qeval
 from qagan_jax import train
 
 logger = logging.getLogger(__name__)
-
-RANDOM_VGG = "random VGG-19 (no checkpoint given: the encoder and cycle loss are untrained)"
 
 
 class WorkdirMismatchError(ValueError):
@@ -194,29 +193,12 @@ def _nima_scorer(eval_cfg: ml_collections.ConfigDict):
     """(description, scorer or None) for the NIMA mean score of the evaluation."""
     if not eval_cfg.nima_weights:
         return "NIMA: not computed (no --config.eval.nima_weights)", None
-    from common import nima  # noqa: PLC0415  (the weights loaders: imported when asked for)
-
     model = nima.load_nima(eval_cfg.nima_weights, backbone=eval_cfg.nima_backbone)
 
     def score(images):
         return np.asarray(nima.nima_quality(images, model, protocol=eval_cfg.nima_protocol))
 
     return f"NIMA: {eval_cfg.nima_backbone} from {eval_cfg.nima_weights}", score
-
-
-def _encoder(config: ml_collections.ConfigDict):
-    """(encoder state or None, description) from `model.vgg_weights`."""
-    path = config.model.get("vgg_weights", "")
-    if not path:
-        return None, RANDOM_VGG
-    from flax import nnx  # noqa: PLC0415
-
-    from common import vgg  # noqa: PLC0415
-
-    if config.model.vgg_width != 1:
-        raise ValueError(f"model.vgg_weights needs model.vgg_width=1, got {config.model.vgg_width}")
-    _, state = nnx.split(vgg.load_vgg19(path))
-    return state, f"VGG-19 from {path}"
 
 
 def _make_batch(local: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -291,14 +273,9 @@ def train_and_evaluate(
     if t.batch_size % mesh.size:
         raise ValueError(f"train.batch_size={t.batch_size} must divide by the {mesh.size} devices")
 
-    encoder_state, vgg_description = _encoder(config)
-    metrics_log = MetricsWriter(workdir / "metrics.jsonl", vgg=vgg_description)
+    metrics_log = MetricsWriter(workdir / "metrics.jsonl", vgg=train.encoder_description(config))
     state = train.create_train_state(
-        config,
-        jax.random.key(config.seed),
-        mesh,
-        encoder_state=encoder_state,
-        compiler_options=compiler_options,
+        config, jax.random.key(config.seed), mesh, compiler_options=compiler_options
     )
     data_iter = qdata.train_iterator(
         dataset.train_low,
@@ -485,15 +462,10 @@ def _evaluate_and_store(config, workdir, dataset, enhancer, state, step) -> dict
         )
     result.update(
         step=step, split=name, data=dataset.description, nima_weights=nima_description,
-        vgg=_encoder_description(config),
+        vgg=train.encoder_description(config),
     )  # fmt: skip
     _write_json(workdir / "eval" / f"{name}_step_{step:07d}.json", result)
     return result
-
-
-def _encoder_description(config) -> str:
-    path = config.model.get("vgg_weights", "")
-    return f"VGG-19 from {path}" if path else RANDOM_VGG
 
 
 def final_evaluation(config, workdir: Path, dataset, mesh, *, compiler_options=None) -> dict:
