@@ -148,27 +148,22 @@ class MetricsWriter:
 
 
 def _sample_records(dataset: qdata.Dataset, count: int, size: int) -> list[dict]:
-    """A few fixed images for the PNG grids: paired val/test crops when there are any, else
-    centre crops of the first low-quality training images (no reference row)."""
+    """A few fixed images for the PNG grids: paired val/test images when there are any, else the
+    first low-quality training images (no reference row); centre crops of one common side (at
+    most `size`, a multiple of 16)."""
     paired = dataset.val if dataset.val is not None else dataset.test
-    records = []
     source = paired if paired is not None else dataset.train_low
-    for i in range(min(count, len(source))):
-        record = source[i]
-        crop = lambda x: _centre_crop(x, size)  # noqa: E731
-        records.append(
-            {
-                "image": crop(record["image"]),
-                **({"label": crop(record["label"])} if "label" in record else {}),
-            }
-        )
-    return records
-
-
-def _centre_crop(image: np.ndarray, size: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    side = min(h, w, size)
+    records = [source[i] for i in range(min(count, len(source)))]
+    if not records:
+        return []
+    side = min([size] + [min(r["image"].shape[:2]) for r in records])
     side -= side % qeval.MULTIPLE
+    keys = ("image", "label") if all("label" in r for r in records) else ("image",)
+    return [{k: _centre_crop(r[k], side) for k in keys} for r in records]
+
+
+def _centre_crop(image: np.ndarray, side: int) -> np.ndarray:
+    h, w = image.shape[:2]
     top, left = (h - side) // 2, (w - side) // 2
     return image[top : top + side, left : left + side]
 
