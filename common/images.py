@@ -353,6 +353,30 @@ def save_image(
     return path
 
 
+def save_text(path: str | os.PathLike, text: str, *, overwrite: bool = False) -> Path:
+    """Writes a text file (UTF-8) atomically, as `save_image`: a temporary file in the same
+    folder, then a rename that never replaces an existing file unless `overwrite`.
+
+    Raises:
+      FileExistsError: `path` exists and `overwrite` is False.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path}: file exists; not overwriting it (overwrite=False)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temp, "x", encoding="utf-8") as f:
+            f.write(text)
+        if overwrite:
+            os.replace(temp, path)
+        else:
+            _rename_no_replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return path
+
+
 def _write_16_bit(f, array: np.ndarray, image_format: str) -> None:
     """Writes uint16 (H, W, 3) or (H, W) samples as a 16-bit PNG or TIFF to an open file."""
     if image_format == "PNG":

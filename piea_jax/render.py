@@ -96,9 +96,7 @@ def _compiled_chunks(mesh: Mesh, order: tuple[str, ...]):
         one = jax.tree.map(lambda p: p[0], physical)
         return render_planes(chunk[0], one, order, cpu=cpu)[None]
 
-    return jax.jit(
-        jax.shard_map(local, mesh=mesh, in_specs=(P(axis), P(axis)), out_specs=P(axis))
-    )
+    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(axis), P(axis)), out_specs=P(axis)))
 
 
 def is_shared(physical: Mapping[str, object], order: Sequence[str] = FILTER_ORDER) -> bool:
@@ -146,7 +144,7 @@ def render_images(
     mesh = mesh if mesh is not None else local_mesh(jax.local_devices()[:1])
     program = _compiled_chunks(mesh, order)
     by_device = NamedSharding(mesh, P(mesh.axis_names[0]))
-    n_devices = mesh.devices.size
+    n_devices = mesh.shape[mesh.axis_names[0]]
 
     flat = [np.ascontiguousarray(x, np.float32).reshape(-1, 3) for x in images]
     outputs = [np.empty(x.shape, np.float32) for x in flat]
@@ -164,14 +162,10 @@ def render_images(
             buffer[d, :, : len(piece)] = piece.T
             buffer[d, :, len(piece) :] = 0.0
         chunk_params = {
-            name: np.broadcast_to(p, (n_devices, *p.shape))
-            if shared
-            else p[[i for i, _ in group]]
+            name: np.broadcast_to(p, (n_devices, *p.shape)) if shared else p[[i for i, _ in group]]
             for name, p in params.items()
         }
-        result = program(
-            jax.device_put(buffer, by_device), jax.device_put(chunk_params, by_device)
-        )
+        result = program(jax.device_put(buffer, by_device), jax.device_put(chunk_params, by_device))
         if pending is not None:
             _collect(*pending, outputs, chunk_pixels)
         pending = (result, group[: len(jobs) - start])
