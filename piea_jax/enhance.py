@@ -34,7 +34,7 @@ from jax.sharding import PartitionSpec as P
 
 from common import xla_options
 from piea_jax.params import FILTER_ORDER, apply_filters, initial_raw_params, to_physical
-from piea_jax.render import render_images
+from piea_jax.rendering import render_images
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def compiled_search(devices: Sequence[jax.Device]):
 def _render_batch(images, physical, order):
     """Render (..., H, W, 3) images of one shape with parameters of matching leading axes.
 
-    (`enhance` renders with `piea_jax.render.render_images`; this direct form is kept for
+    (`enhance` renders with `piea_jax.rendering.render_images`; this direct form is kept for
     benchmarks that time the plain vmapped chain.)"""
     fn = functools.partial(render, order=order)
     for _ in range(images.ndim - 3):
@@ -350,7 +350,7 @@ def enhance(
 def _render_full_resolution(originals, params, order, learning_rates, mesh):
     """The final images: (N, H, W, 3) (or (K, N, H, W, 3) for a sweep of K rates) when all
     inputs have one shape, else a list of N arrays (H_i, W_i, 3) (or (K, H_i, W_i, 3)).
-    Rendered by `piea_jax.render.render_images`: one compiled program whatever the sizes,
+    Rendered by `piea_jax.rendering.render_images`: one compiled program whatever the sizes,
     spread over `mesh`'s devices."""
     n = len(originals)
     rates = learning_rates.shape[0] if learning_rates.ndim == 1 else 1

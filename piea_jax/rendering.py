@@ -35,6 +35,9 @@ from jax.sharding import PartitionSpec as P
 
 from piea_jax.params import FILTER_ORDER, FILTERS, PHYSICAL_SHAPES
 
+# Incremented each time the chunk program is traced (i.e. compiled); tests use it.
+_chunk_traces = 0
+
 # Pixels per chunk: 2^18 (3 MB of float32 RGB) keeps every buffer of the compiled chunk small
 # (reused by the allocator rather than page-faulted in) and the per-call overhead negligible.
 DEFAULT_CHUNK_PIXELS = 1 << 18
@@ -93,6 +96,8 @@ def _compiled_chunks(mesh: Mesh, order: tuple[str, ...]):
     cpu = all(d.platform == "cpu" for d in mesh.devices.flat)
 
     def local(chunk, physical):
+        global _chunk_traces
+        _chunk_traces += 1
         one = jax.tree.map(lambda p: p[0], physical)
         return render_planes(chunk[0], one, order, cpu=cpu)[None]
 
