@@ -3,23 +3,29 @@
 The search (`enhance`) finds physical filter parameters; what users run on large sets is the
 render: the filter chain once per pixel at full resolution (a preset applied to a folder, or
 the final images of a batch search). All eight filters act per pixel, so `render_images`
-streams every image, flattened to pixels, through ONE compiled program of a fixed chunk shape
-(3 planes of `chunk_pixels`): images of any size share it, nothing recompiles per size, and
-the buffers stay a few MB whatever the image (XLA:CPU allocates its buffers afresh on every
-call, and page faults on 12 MP buffers cost more than the filters). Each call renders one
-chunk per device of a mesh, each chunk with its own image's parameters (`jax.shard_map`).
+streams every image, flattened to pixels, through programs of one fixed chunk shape (3 planes
+of `chunk_pixels`), compiled once per mesh and chain: images of any size share them, nothing
+recompiles per size, and the buffers stay a few MB whatever the image (XLA:CPU allocates its
+buffers afresh on every call, and page faults on 12 MP buffers cost more than the filters).
+Each call renders one chunk per device of a mesh, each chunk with its own image's parameters
+(`jax.shard_map`).
 
-The program is the filters of `piea_jax.filters` unchanged, `jax.vmap`-ed over single pixels
-of a planar chunk (R, G and B planes of `chunk_pixels` values, transposed on the host). XLA
-then computes on planes, whose loops it vectorises, instead of on interleaved (..., 3) arrays,
-whose fusions mixing the channels it emits as scalar loops of three. On the CPU platform the
-two curves also find their segment's table entries with comparisons and selects instead of
-the gather `piea_jax.filters` uses, which XLA:CPU emits as scalar code. The selects pick
-exactly the entries the gather reads, so values are those of `piea_jax.enhance.render` up to
-float32 rounding (tested; jitted and eager `render` differ as much). Measured on the project's
-2-core CPU (process CPU time per pixel, 256K-pixel chunks): interleaved with the gather 7.6
-MP per CPU-second, interleaved with the selects 9.9, planar with the gather 6.5, planar with
-the selects 24.
+The programs are the filters of `piea_jax.filters` unchanged, `jax.vmap`-ed over single
+pixels of a planar chunk (R, G and B planes, transposed on the host), so XLA computes on
+planes, whose loops it vectorises, instead of on interleaved (..., 3) arrays, whose fusions
+mixing the channels it emits as scalar loops of three. Two measures apply on the CPU
+platform only (elsewhere the whole chain is one program of the filters as they are):
+  * the two curves find their segment's table entries with comparisons and selects instead of
+    the gather of `piea_jax.filters`, which XLA:CPU emits as scalar code; the selects pick
+    exactly the entries the gather reads;
+  * each filter is its own program, the chunk staying on the device between them: fused into
+    one program, XLA:CPU moves the channel-mixing filters' intermediates between planar and
+    interleaved layouts inside the fusions, and recomputes them per channel.
+Values are those of `piea_jax.enhance.render` up to float32 rounding (tested; jitted and eager
+`render` differ as much). Measured on the project's 2-core CPU (single-threaded XLA, CPU
+nanoseconds per pixel, 256K-pixel chunks, all eight filters active): interleaved with the
+gather 130, interleaved with the selects 100, one planar program with the selects 41, one
+planar program per filter 26.
 """
 
 from __future__ import annotations
@@ -63,45 +69,51 @@ def _curve_by_selects(x, slopes):
 _CPU_FILTERS = {**FILTERS, "tone_curve": _curve_by_selects, "color_curve": _curve_by_selects}
 
 
-def render_chain(image, physical, order: Sequence[str] = FILTER_ORDER, *, cpu: bool = False):
-    """`piea_jax.enhance.render` on ONE image (H, W, 3), clipped to [0, 1]; `cpu=True` uses
-    the select-based curve lookup (same values, vectorised by XLA:CPU)."""
-    filters = _CPU_FILTERS if cpu else FILTERS
-    x = jnp.asarray(image)
-    for name in order:
-        x = filters[name](x, physical[name])
-    return jnp.clip(x, 0.0, 1.0)
-
-
 def local_mesh(devices: Sequence[jax.Device] | None = None, axis: str = "data") -> Mesh:
     """A 1-D mesh over `devices` (default: every device of this process)."""
     devices = list(devices) if devices is not None else jax.local_devices()
     return Mesh(np.asarray(devices), (axis,))
 
 
-def render_planes(planes, physical, order: Sequence[str] = FILTER_ORDER, *, cpu: bool = False):
-    """`render_chain` on pixels given as planes (3, C) -> (3, C): a `vmap` over pixels, so XLA
-    computes on planes (see the module docstring)."""
+def render_planes(
+    planes, physical, order: Sequence[str] = FILTER_ORDER, *, cpu: bool = False, clip=True
+):
+    """The chain `order` on pixels given as planes (3, C) -> (3, C), clipped to [0, 1] unless
+    `clip=False`: a `vmap` over pixels, so XLA computes on planes (see the module docstring).
+    `cpu=True` uses the select-based curve lookup."""
+    filters = _CPU_FILTERS if cpu else FILTERS
 
-    def pixel(rgb):  # (3,) -> (3,), the chain on a 1 × 1 image
-        return render_chain(rgb[None, None], physical, order, cpu=cpu)[0, 0]
+    def pixel(rgb):  # (3,) -> (3,): the chain on a 1 × 1 image
+        x = rgb[None, None]
+        for name in order:
+            x = filters[name](x, physical[name])
+        return (jnp.clip(x, 0.0, 1.0) if clip else x)[0, 0]
 
     return jax.vmap(pixel, in_axes=1, out_axes=1)(planes)
 
 
 @functools.cache
-def _compiled_chunks(mesh: Mesh, order: tuple[str, ...]):
-    """One jitted program: each device renders its (1, 3, C) chunk with its own parameters."""
+def _compiled_stages(mesh: Mesh, order: tuple[str, ...]):
+    """[(filter names, jitted program)]: each program maps the (D, 3, C) chunks, one per
+    device, with their own parameters {name: (D, ...)}; the last stage clips. On CPU one
+    stage per filter, elsewhere one stage for the whole chain (see the module docstring)."""
     axis = mesh.axis_names[0]
     cpu = all(d.platform == "cpu" for d in mesh.devices.flat)
+    stages = [(name,) for name in order] if cpu and order else [order]
+    programs = []
+    for k, names in enumerate(stages):
+        last = k == len(stages) - 1
 
-    def local(chunk, physical):
-        global _chunk_traces
-        _chunk_traces += 1
-        one = jax.tree.map(lambda p: p[0], physical)
-        return render_planes(chunk[0], one, order, cpu=cpu)[None]
+        def local(chunk, physical, names=names, last=last):
+            global _chunk_traces
+            _chunk_traces += 1
+            one = jax.tree.map(lambda p: p[0], physical)
+            return render_planes(chunk[0], one, names, cpu=cpu, clip=last)[None]
 
-    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(axis), P(axis)), out_specs=P(axis)))
+        spec = P(axis)
+        program = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec), out_specs=spec)
+        programs.append((names, jax.jit(program)))
+    return programs
 
 
 def is_shared(physical: Mapping[str, object], order: Sequence[str] = FILTER_ORDER) -> bool:
@@ -147,7 +159,7 @@ def render_images(
     if not shared and any(len(p) != len(images) for p in params.values()):
         raise ValueError(f"{len(images)} images but parameters for {len(params[order[0]])}")
     mesh = mesh if mesh is not None else local_mesh(jax.local_devices()[:1])
-    program = _compiled_chunks(mesh, order)
+    stages = _compiled_stages(mesh, order)
     by_device = NamedSharding(mesh, P(mesh.axis_names[0]))
     n_devices = mesh.shape[mesh.axis_names[0]]
 
@@ -170,7 +182,10 @@ def render_images(
             name: np.broadcast_to(p, (n_devices, *p.shape)) if shared else p[[i for i, _ in group]]
             for name, p in params.items()
         }
-        result = program(jax.device_put(buffer, by_device), jax.device_put(chunk_params, by_device))
+        chunk_params = jax.device_put(chunk_params, by_device)
+        result = jax.device_put(buffer, by_device)
+        for names, program in stages:
+            result = program(result, {name: chunk_params[name] for name in names})
         if pending is not None:
             _collect(*pending, outputs, chunk_pixels)
         pending = (result, group[: len(jobs) - start])
