@@ -333,24 +333,15 @@ def save_image(
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 3)):
         raise ValueError(f"{path}: expected an (H, W, 3) or (H, W) image, got {array.shape}")
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A hidden name with a random part; opened with "x" so the umask applies as usual.
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temp, "xb") as f:
-            if bit_depth == 16:
-                _write_16_bit(f, array, image_format)
-            else:
-                Image.fromarray(array).save(
-                    f, format=image_format, **_SAVE_OPTIONS.get(image_format, {})
-                )
-        if overwrite:
-            os.replace(temp, path)
+    def write(f):
+        if bit_depth == 16:
+            _write_16_bit(f, array, image_format)
         else:
-            _rename_no_replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    return path
+            Image.fromarray(array).save(
+                f, format=image_format, **_SAVE_OPTIONS.get(image_format, {})
+            )
+
+    return _write_atomically(path, write, overwrite=overwrite)
 
 
 def save_text(path: str | os.PathLike, text: str, *, overwrite: bool = False) -> Path:
@@ -363,11 +354,18 @@ def save_text(path: str | os.PathLike, text: str, *, overwrite: bool = False) ->
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: file exists; not overwriting it (overwrite=False)")
+    return _write_atomically(path, lambda f: f.write(text.encode("utf-8")), overwrite=overwrite)
+
+
+def _write_atomically(path: Path, write, *, overwrite: bool) -> Path:
+    """Calls `write(binary file)` on a temporary file beside `path`, then renames it onto
+    `path` (replacing it only if `overwrite`); the temporary file never outlives the call."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A hidden name with a random part; opened with "x" so the umask applies as usual.
     temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(temp, "x", encoding="utf-8") as f:
-            f.write(text)
+        with open(temp, "xb") as f:
+            write(f)
         if overwrite:
             os.replace(temp, path)
         else:
