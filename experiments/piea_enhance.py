@@ -483,13 +483,26 @@ def main(argv: list[str]) -> int:
     except _PathError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if _DISTRIBUTED.value:
+    if _DISTRIBUTED.value:  # before any JAX computation
         _initialize_distributed()
+    guider, guider_name = _guider()
     failures: list[str] = []
     items = _inputs(patterns, failures)
     protected = _Inputs([item.source for item in items])
     if _DEMO.value:
         items += _demo_items()
+    settings = {
+        "guider": guider_name,
+        "optimizer": _OPTIMIZER.value,
+        "learning_rate": _LR.value,
+        "steps": _STEPS.value,
+        "preview_size": _PREVIEW_SIZE.value or None,
+    }
+    if _DEMO.value:
+        settings["demo"] = (
+            f"inputs are skimage.data photos darkened to {DEMO_DARKENING:.0%} of their values; "
+            "demo only, not a benchmark"
+        )
     if _SAVE_PRESET.value and len(items) != 1:
         print(
             f"error: --save-preset stores the strategy of one image; {len(items)} inputs were "
@@ -497,7 +510,6 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    total = len(items)
     items = _write_demo_inputs(_process_share(items), out, failures)
     mesh = local_mesh()
     if mesh.size > 1 or jax.process_count() > 1:
@@ -507,22 +519,9 @@ def main(argv: list[str]) -> int:
             jax.process_count(),
             mesh.size,
         )
-    if preset is not None:
+    if preset is not None:  # the guider and settings are the search's; a preset needs neither
         job = functools.partial(_apply_batch, preset=preset)
     else:
-        guider, guider_name = _guider()
-        settings = {
-            "guider": guider_name,
-            "optimizer": _OPTIMIZER.value,
-            "learning_rate": _LR.value,
-            "steps": _STEPS.value,
-            "preview_size": _PREVIEW_SIZE.value or None,
-        }
-        if _DEMO.value:
-            settings["demo"] = (
-                f"inputs are skimage.data photos darkened to {DEMO_DARKENING:.0%} of their "
-                "values; demo only, not a benchmark"
-            )
         job = functools.partial(_enhance_batch, guider=guider, settings=settings)
     done = 0
     # leave=False: the summary line below replaces the bar instead of repeating its last state.
@@ -536,9 +535,9 @@ def main(argv: list[str]) -> int:
                 progress=progress,
                 mesh=mesh,
             )
-    where = (
-        f"process {jax.process_index()} of {jax.process_count()}: " if total != len(items) else ""
-    )
+    where = ""
+    if jax.process_count() > 1:
+        where = f"process {jax.process_index()} of {jax.process_count()}: "
     into = f"into {out}" if out.exists() else f"({out} not created)"
     print(f"{where}{done} of {len(items)} image(s) enhanced {into}", file=sys.stderr)
     if failures:
