@@ -170,6 +170,7 @@ def render_images(
     # transfer can alias host memory). Its result is collected after the next call is queued.
     buffers = np.zeros((2, n_devices, 3, chunk_pixels), np.float32)
     pending = None
+    placed = {}
     for start in range(0, len(jobs), n_devices):
         buffer = buffers[(start // n_devices) % 2]
         group = jobs[start : start + n_devices]
@@ -178,11 +179,16 @@ def render_images(
             piece = flat[i][s : s + chunk_pixels]
             buffer[d, :, : len(piece)] = piece.T
             buffer[d, :, len(piece) :] = 0.0
-        chunk_params = {
-            name: np.broadcast_to(p, (n_devices, *p.shape)) if shared else p[[i for i, _ in group]]
-            for name, p in params.items()
-        }
-        chunk_params = jax.device_put(chunk_params, by_device)
+        key = () if shared else tuple(i for i, _ in group)  # whose parameters, per device
+        if key not in placed:  # transferred once per combination, not once per chunk
+            placed[key] = jax.device_put(
+                {
+                    name: np.broadcast_to(p, (n_devices, *p.shape)) if shared else p[list(key)]
+                    for name, p in params.items()
+                },
+                by_device,
+            )
+        chunk_params = placed[key]
         result = jax.device_put(buffer, by_device)
         for names, program in stages:
             result = program(result, {name: chunk_params[name] for name in names})
