@@ -503,6 +503,9 @@ def main(argv: list[str]) -> int:
             f"inputs are skimage.data photos darkened to {DEMO_DARKENING:.0%} of their values; "
             "demo only, not a benchmark"
         )
+    if _SAVE_PRESET.value and protected.clashes(Path(_SAVE_PRESET.value)):
+        print(f"error: --save-preset {_SAVE_PRESET.value}: is an input file", file=sys.stderr)
+        return 2
     if _SAVE_PRESET.value and len(items) != 1:
         print(
             f"error: --save-preset stores the strategy of one image; {len(items)} inputs were "

@@ -157,17 +157,20 @@ def test_four_devices_give_the_outputs_of_one(corpus_run, corpus, tmp_path):
         (["--out", "{file}/sub"], "is a file, not a folder"),
         (["--out", "{tmp}/o", "--apply-preset", "{tmp}/missing.json"], "preset file not found"),
         (["--out", "{tmp}/o", "--save-preset", "{file}"], "file exists"),
+        (["--out", "{tmp}/o", "--save-preset", "{input}", "--overwrite"], "is an input file"),
     ],
 )
 def test_bad_path_arguments_are_one_line_errors(corpus, tmp_path, capsys, extra, message):
     file = tmp_path / "a_file.txt"
     file.write_text("mine")
-    fill = {"file": str(file), "tmp": str(tmp_path)}
+    fill = {"file": str(file), "tmp": str(tmp_path), "input": str(corpus / "coffee.png")}
+    before = (corpus / "coffee.png").read_bytes()
     args = [str(corpus / "coffee.png"), *[a.format(**fill) for a in extra]]
     assert _run_in_process(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message.format(**fill) in err
     assert file.read_text() == "mine" and not (tmp_path / "o").exists()
+    assert (corpus / "coffee.png").read_bytes() == before
 
 
 def test_no_readable_input_creates_no_out_folder(corpus, tmp_path, capsys):
