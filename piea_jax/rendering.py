@@ -20,12 +20,14 @@ platform only (elsewhere the whole chain is one program of the filters as they a
     exactly the entries the gather reads;
   * each filter is its own program, the chunk staying on the device between them: fused into
     one program, XLA:CPU moves the channel-mixing filters' intermediates between planar and
-    interleaved layouts inside the fusions, and recomputes them per channel.
+    interleaved layouts inside its fusions, which costs more than the extra passes over a
+    chunk that stays in cache.
 Values are those of `piea_jax.enhance.render` up to float32 rounding (tested; jitted and eager
-`render` differ as much). Measured on the project's 2-core CPU (single-threaded XLA, CPU
-nanoseconds per pixel, 256K-pixel chunks, all eight filters active): interleaved with the
-gather 130, interleaved with the selects 100, one planar program with the selects 41, one
-planar program per filter 26.
+`render` differ as much). Measured on the project's 2-core CPU (process CPU nanoseconds per
+pixel, 256K-pixel chunks, all eight filters active): interleaved with the gather 130,
+interleaved with the selects 100 (these two with XLA's thread pool), one planar program with
+the selects 41, one planar program per filter 26 (single-threaded). Of those 26, the
+contrast's `cos` takes about 5.6: XLA:CPU evaluates it with scalar library calls.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def local_mesh(devices: Sequence[jax.Device] | None = None, axis: str = "data") 
 
 
 def render_planes(
-    planes, physical, order: Sequence[str] = FILTER_ORDER, *, cpu: bool = False, clip=True
+    planes, physical, order: Sequence[str] = FILTER_ORDER, *, cpu: bool = False, clip: bool = True
 ):
     """The chain `order` on pixels given as planes (3, C) -> (3, C), clipped to [0, 1] unless
     `clip=False`: a `vmap` over pixels, so XLA computes on planes (see the module docstring).
@@ -118,8 +120,9 @@ def _compiled_stages(mesh: Mesh, order: tuple[str, ...]):
 
 def is_shared(physical: Mapping[str, object], order: Sequence[str] = FILTER_ORDER) -> bool:
     """Whether `physical` is one set of parameters (unbatched) rather than one per image."""
-    name = order[0] if order else "exposure"
-    return np.ndim(physical[name]) == len(PHYSICAL_SHAPES[name])
+    if not order:
+        return True  # nothing to render with: the images are only clipped
+    return np.ndim(physical[order[0]]) == len(PHYSICAL_SHAPES[order[0]])
 
 
 def render_images(
@@ -132,10 +135,10 @@ def render_images(
 ) -> list[np.ndarray]:
     """Render images of any sizes at full resolution with given physical parameters.
 
-    Every image goes, in chunks of `chunk_pixels` pixels, through one compiled program (one
-    per mesh, chain order and chunk size), so a set of mixed sizes compiles once; each call
-    renders one chunk per device of `mesh`. Values equal `piea_jax.enhance.render(image,
-    params)` per image.
+    Every image goes, in chunks of `chunk_pixels` pixels, through programs compiled once per
+    mesh, chain order and chunk size, so a set of mixed sizes compiles once; each call renders
+    one chunk per device of `mesh`. Values equal `piea_jax.enhance.render(image, params)` per
+    image up to float32 rounding (see the module docstring).
 
     Args:
       images: (H_i, W_i, 3) float arrays in [0, 1] of any sizes, or one (N, H, W, 3) array.
