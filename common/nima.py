@@ -2,18 +2,30 @@
 
 NIMA = backbone -> global average pool (or a flatten) -> dropout -> Dense(10) -> softmax over
 the scores 1..10; its score is the mean Σ i·p_i (`mean_score`). PIEA uses it as the guider,
-QAGAN as a metric. This module holds the model structure only; checkpoint loaders arrive with
-the weights work (spec/weights.md) — until then a NIMA has random weights and its scores mean
-nothing.
+QAGAN as a metric (`nima_quality`).
+
+Pretrained NIMAs come from public checkpoints (spec/weights.md): `load_nima(path,
+backbone=NAME)` for the formats in `NIMA_BACKBONES`. The two VGG16 formats are built here; the
+MobileNet and Inception-ResNet-v2 ones in `common.mobilenet` and `common.inception_resnet_v2`,
+which `load_nima` imports only when asked for them. The paper's own backbone (BN-Inception) has
+no public AVA checkpoint. A NIMA made without a checkpoint (`random_nima_vgg16`, the
+`make_nima_*` builders) has random weights and its scores mean nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import importlib
+from collections.abc import Mapping
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from common.vgg import random_vgg16
+from common import weights
+from common.vgg import VGG, random_vgg16, torchvision_entries
 
 NUM_SCORES = 10
 
@@ -98,3 +110,287 @@ def random_nima_vgg16(seed: int = 0, *, width: int = 1, input_size: int | None =
         input_size=input_size,
         rngs=nnx.Rngs(seed + 1),
     )
+
+
+# --- Public checkpoint formats ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Format:
+    module: str  # holds make_nima_<name>(*, rngs) and nima_<name>(tensors, *, source)
+    probe: str | None  # a key of the format's state dict (finds it inside wrappers); None: as is
+    origin: str
+
+
+_FORMATS = {
+    "vgg16_gap": _Format(
+        "common.nima", "classifier.2.weight", "IQA-PyTorch NIMA_VGG16_ava-dc4e8265.pth"
+    ),
+    "vgg16_flatten": _Format(
+        "common.nima", "classifier.1.weight", "Neural-IMage-Assessment (2020 release)"
+    ),
+    "vgg16_flatten_imagenet": _Format(
+        "common.nima", "classifier.1.weight", "Neural-IMage-Assessment (2021 release, epoch 34)"
+    ),
+    "mobilenet_v2": _Format("common.mobilenet", "head.2.weight", "nima.pytorch v1"),
+    "inception_resnet_v2": _Format(
+        "common.inception_resnet_v2",
+        "classifier.2.weight",
+        "IQA-PyTorch NIMA_InceptionV2_ava-b0c77c00.pth",
+    ),
+    "mobilenet_keras": _Format("common.mobilenet", None, "idealo / titu1994 Keras .h5"),
+}
+NIMA_BACKBONES = tuple(_FORMATS)
+
+
+def _builders(backbone: str):
+    if backbone == "bn_inception":
+        raise NotImplementedError(
+            "NIMA bn_inception (the paper's backbone, to be trained here on AVA by "
+            "experiments.nima_ava) is not available yet: no public AVA checkpoint exists"
+        )
+    if backbone not in _FORMATS:
+        raise ValueError(f"unknown NIMA backbone {backbone!r}: one of {', '.join(_FORMATS)}")
+    module_name = _FORMATS[backbone].module
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, f"make_nima_{backbone}"), getattr(module, f"nima_{backbone}")
+    except (ImportError, AttributeError) as e:
+        raise ImportError(
+            f"NIMA backbone {backbone!r} is not available in this installation: it needs "
+            f"{module_name}.make_nima_{backbone} and nima_{backbone} ({e})"
+        ) from None
+
+
+def load_nima(path, *, backbone: str) -> Nima:
+    """A pretrained NIMA from a public checkpoint or a converted directory.
+
+    Args:
+      path: the checkpoint file (torch `.pth`, `.safetensors` or Keras `.h5`, by content), or a
+        directory written by `python -m common.weights convert SRC --format BACKBONE`.
+      backbone: the checkpoint's format, one of `NIMA_BACKBONES`:
+        "vgg16_gap" (IQA-PyTorch `NIMA_VGG16_ava`, `nima_vgg16_gap`), "vgg16_flatten" and
+        "vgg16_flatten_imagenet" (Neural-IMage-Assessment's 2020 and 2021 releases,
+        `nima_vgg16_flatten`), "mobilenet_v2" (nima.pytorch v1), "inception_resnet_v2"
+        (IQA-PyTorch `NIMA_InceptionV2_ava`, really Inception-ResNet-v2), "mobilenet_keras"
+        (idealo / titu1994 `.h5`).
+
+    Returns:
+      A `Nima` in evaluation mode (dropout off) mapping (N, H, W, 3) images in [0, 1] to
+      (N, 10) probabilities, with the format's input normalisation inside and its training
+      input size as `input_size` (the model never resizes; guiders and `nima_quality` do).
+
+    The state dict is first taken out of its wrapper ({"params": ...} as IQA-PyTorch saves,
+    {"state_dict": ...}, DataParallel's "module.", see `common.weights.unwrap_state_dict`);
+    then every key must match the format exactly (`CheckpointMismatchError` otherwise, naming
+    the key and both shapes). A converted directory must have been converted for `backbone`.
+
+    Raises:
+      ValueError: unknown backbone. ImportError: its builder module is not installed.
+      FileNotFoundError, CheckpointError: unreadable, unsafe or mismatching checkpoints.
+    """
+    make, from_tensors = _builders(backbone)
+    source = str(path)
+    if weights.is_converted(path):
+        tensors = weights.read_converted(path, format=backbone)
+        model = weights.empty_module(make)
+        weights.load_entries(model, tensors, weights.module_entries(model), source=source)
+    else:
+        tensors = weights.read_checkpoint(path)
+        probe = _FORMATS[backbone].probe
+        if probe is not None:
+            tensors = weights.unwrap_state_dict(tensors, probe=probe, source=source)
+        model = from_tensors(tensors, source=source)
+    model.eval()  # a pretrained scorer: dropout off, batch norm on its running statistics
+    return model
+
+
+def make_nima_vgg16_gap(*, rngs: nnx.Rngs | None = None) -> Nima:
+    """IQA-PyTorch's `NIMA_VGG16_ava` structure with random weights: VGG16 features to pool5
+    (ImageNet mean/std inside), global average pool, Linear(512, 10), softmax; 224 input.
+    No dropout (IQA-PyTorch removed it)."""
+    rngs = rngs or nnx.Rngs(0)
+    backbone = VGG("vgg16", taps=("pool5",), rngs=rngs)
+    return Nima(backbone, features=512, tap="pool5", dropout=0.0, input_size=224, rngs=rngs)
+
+
+def nima_vgg16_gap(tensors: Mapping[str, np.ndarray], *, source: str) -> Nima:
+    """IQA-PyTorch `NIMA_VGG16_ava` from its state dict (already out of its "params" wrapper).
+
+    Keys (from pyiqa/archs/nima_arch.py `NIMA(base_model_name="vgg16")`: `base_model` =
+    `timm.create_model("vgg16", features_only=True)`, a `FeatureListNet` that flattens the
+    `features` Sequential into `features_<N>` children and stops at the last feature module,
+    features.30 = pool5; `classifier` = Sequential(Flatten, Dropout(0), Linear, Softmax)):
+      base_model.features_{0,2,5,7,10,12,14,17,19,21,24,26,28}.weight (O, I, 3, 3), .bias (O,)
+      classifier.2.weight (10, 512), classifier.2.bias (10,)
+    Confirmed from the definitions (pyiqa nima_arch.py, timm vgg.py and _features.py), not
+    from the released file, which could not be inspected here; "base_model.features.<N>."
+    (an unflattened Sequential) is accepted too. The pooled map is pool5 (timm's last
+    VGG feature is the final max-pool), averaged over space. Preprocessing (pyiqa
+    `preprocess`): ImageNet mean/std of [0, 1] RGB at 224 (resize short side 224, centre crop).
+    """
+    model = weights.empty_module(make_nima_vgg16_gap)
+    prefix = (
+        "base_model.features."
+        if "base_model.features.0.weight" in tensors
+        else "base_model.features_"
+    )
+    entries = torchvision_entries(model.backbone, key_prefix=prefix, path=("backbone",))
+    entries += [
+        weights.Entry("classifier.2.weight", ("head", "kernel"), weights.LINEAR),
+        weights.Entry("classifier.2.bias", ("head", "bias")),
+    ]
+    weights.load_entries(model, tensors, entries, source=source)
+    return model
+
+
+def make_nima_vgg16_flatten(
+    *, rngs: nnx.Rngs | None = None, imagenet_normalize: bool = False
+) -> Nima:
+    """Neural-IMage-Assessment's structure with random weights: VGG16 features to pool5 (no
+    input normalisation unless `imagenet_normalize`), flatten of the 7×7×512 map, Dropout(0.75),
+    Linear(25088, 10), softmax; the input must be 224×224 (the flatten fixes the map size)."""
+    rngs = rngs or nnx.Rngs(0)
+    backbone = VGG("vgg16", taps=("pool5",), imagenet_normalize=imagenet_normalize, rngs=rngs)
+    return Nima(
+        backbone, features=7 * 7 * 512, tap="pool5", pool="flatten", input_size=224, rngs=rngs
+    )
+
+
+def make_nima_vgg16_flatten_imagenet(*, rngs: nnx.Rngs | None = None) -> Nima:
+    """`make_nima_vgg16_flatten` with ImageNet mean/std inside (the 2021 release)."""
+    return make_nima_vgg16_flatten(rngs=rngs, imagenet_normalize=True)
+
+
+def nima_vgg16_flatten(
+    tensors: Mapping[str, np.ndarray], *, source: str, imagenet_normalize: bool = False
+) -> Nima:
+    """Neural-IMage-Assessment (yunxiaoshi / kentsyx) NIMA from its state dict.
+
+    Keys (model/model.py: `features` = torchvision vgg16's `features`, `classifier` =
+    Sequential(Dropout(0.75), Linear(25088, 10), Softmax); main.py saves
+    `model.state_dict()`):
+      features.{0,2,5,7,10,12,14,17,19,21,24,26,28}.weight (O, I, 3, 3), .bias (O,)
+      classifier.1.weight (10, 25088), classifier.1.bias (10,)
+    Confirmed from the definition, not from a released file. Multi-GPU training wraps
+    `features` in DataParallel ("features.module.<N>."); `load_nima` removes that level. The
+    Linear reads torch's `view(N, -1)` of the NCHW pool5 map (index c·49 + y·7 + x); its rows
+    are reordered for the NHWC flatten (`common.weights.nchw_flatten_linear`).
+
+    Preprocessing: the 2020 release (the kentsyx fork's code, Google-Drive file
+    1NISOS1a…) trained on `ToTensor()` values in [0, 1] with no mean/std ("vgg16_flatten",
+    as spec/weights.md says); the 2021 retraining in yunxiaoshi's repository (epoch-34 file,
+    commit ea37c87) added ImageNet `Normalize` ("vgg16_flatten_imagenet",
+    `imagenet_normalize=True`). Both resize the short side to 256 and crop 224.
+    """
+    model = weights.empty_module(
+        functools.partial(make_nima_vgg16_flatten, imagenet_normalize=imagenet_normalize)
+    )
+    entries = torchvision_entries(model.backbone, path=("backbone",))
+    entries += [
+        weights.Entry(
+            "classifier.1.weight", ("head", "kernel"), weights.nchw_flatten_linear(512, 7, 7)
+        ),
+        weights.Entry("classifier.1.bias", ("head", "bias")),
+    ]
+    weights.load_entries(model, tensors, entries, source=source)
+    return model
+
+
+def nima_vgg16_flatten_imagenet(tensors: Mapping[str, np.ndarray], *, source: str) -> Nima:
+    """`nima_vgg16_flatten` for the 2021 release (ImageNet mean/std inside)."""
+    return nima_vgg16_flatten(tensors, source=source, imagenet_normalize=True)
+
+
+# --- Scoring a set of images ---------------------------------------------------------------------
+
+PROTOCOLS = ("uegan", "resize", "native")
+UEGAN_RESIZE = 256  # torchvision Resize(256): the short side
+UEGAN_CROP = 224  # then CenterCrop(224)
+
+
+def uegan_geometry(height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """((resized H, W), (crop top, left)) of UEGAN's `transforms.Resize(256)` followed by
+    `transforms.CenterCrop(224)` (metrics/NIMA/CalcNIMA.py `prepare_image`), with
+    torchvision's integer rules: the long side is int(256 · long / short), the crop offset
+    int(round((size − 224) / 2)) (Python's round half to even)."""
+    if height <= width:
+        size = (UEGAN_RESIZE, int(UEGAN_RESIZE * width / height))
+    else:
+        size = (int(UEGAN_RESIZE * height / width), UEGAN_RESIZE)
+    offset = tuple(int(round((n - UEGAN_CROP) / 2.0)) for n in size)
+    return size, offset
+
+
+def _prepare(image: jax.Array, protocol: str, input_size: int | None) -> jax.Array:
+    if protocol == "uegan":
+        (h, w), (top, left) = uegan_geometry(*image.shape[:2])
+        if (h, w) != image.shape[:2]:
+            image = jax.image.resize(image, (h, w, 3), method="linear", antialias=True)
+        return image[top : top + UEGAN_CROP, left : left + UEGAN_CROP]
+    if protocol == "resize" and input_size is not None:
+        size = (input_size, input_size, 3)
+        return jax.image.resize(image, size, method="linear", antialias=True)
+    return image
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _batch_scores(graphdef, protocol, input_size, state, images):
+    x = jax.vmap(lambda im: _prepare(im, protocol, input_size))(images)
+    return mean_score(nnx.merge(graphdef, state)(x))
+
+
+def _as_unit_float(image) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"expected (H, W, 3) images, got shape {image.shape}")
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    return image.astype(np.float32)
+
+
+def nima_quality(
+    images, model: nnx.Module, *, protocol: str = "uegan", batch_size: int = 16
+) -> np.ndarray:
+    """NIMA mean scores Σ i·p_i of a set of images, the way QAGAN's evaluation scores them.
+
+    Args:
+      images: (N, H, W, 3) array or a sequence of (H, W, 3) images (sizes may differ), RGB,
+        float in [0, 1] or uint8.
+      model: a NIMA (`load_nima`); run in evaluation mode (dropout off), not modified.
+      protocol: "uegan" (spec/qagan.md §8; UEGAN's CalcNIMA: short side resized to 256, long
+        side int(256·long/short), centre crop 224, no other scaling — the protocol of the
+        MobileNetV2 model, "mobilenet_v2"); "resize" (square resize to `model.input_size`);
+        "native" (as given; not for flatten heads, which need their training size).
+      batch_size: images per compiled call; one program is compiled per image size.
+
+    Returns:
+      (N,) float32 scores in [1, 10], in input order. The set's average is the caller's:
+      UEGAN divides its sum by N − 1 (`calc_nima`), not N.
+
+    Resizing is antialiased bilinear (`jax.image.resize`), torchvision's PIL bilinear on float
+    values; PIL additionally rounds the resized image to 8 bits, which is not reproduced.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}: one of {', '.join(PROTOCOLS)}")
+    input_size = getattr(model, "input_size", None)
+    if protocol == "native" and getattr(model, "pool", None) == "flatten":
+        raise ValueError("a flatten head needs its training size: use protocol 'resize'")
+    images = [_as_unit_float(image) for image in images]
+    copy = nnx.merge(*nnx.split(model))
+    copy.eval()
+    graphdef, state = nnx.split(copy)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(image.shape, []).append(i)
+    scores = np.empty(len(images), np.float32)
+    for indices in groups.values():
+        batch = min(batch_size, len(indices))
+        for start in range(0, len(indices), batch):
+            chunk = indices[start : start + batch]
+            stacked = np.stack([images[i] for i in chunk])
+            if len(chunk) < batch:  # keep one compiled shape: pad with copies of the last image
+                stacked = np.concatenate([stacked, np.repeat(stacked[-1:], batch - len(chunk), 0)])
+            result = _batch_scores(graphdef, protocol, input_size, state, stacked)
+            scores[chunk] = np.asarray(result)[: len(chunk)]
+    return scores

@@ -27,22 +27,26 @@ weights transpose (2, 3, 1, 0) to Flax HWIO kernels):
             24, 26, 28      conv5_1 .. conv5_3   (pool5 = features.30)
 
 `torchvision_index(variant)` returns this table as a dict (module name -> features index), so
-the checkpoint loader never hard-codes indices. Keys of a torchvision checkpoint beyond the
-deepest built layer (and `classifier.*`) are simply not needed.
+the checkpoint loaders (`load_vgg19`, `load_vgg16`, `torchvision_entries`) never hard-code
+indices. Keys of a checkpoint beyond the deepest built layer (and its classifier) are not needed.
 
 Convolutions are 3x3 with zero padding 1, each followed by ReLU; pooling is 2x2 max with
 stride 2 (odd sizes are floored, as in torch). Inputs are RGB in [0, 1]; the ImageNet mean/std
-normalisation happens inside the model. Random initialisation follows torchvision
-(Kaiming-normal, fan-out, zero bias).
+normalisation happens inside the model (`imagenet_normalize=False` for heads trained on
+unnormalised [0, 1] inputs). Random initialisation follows torchvision (Kaiming-normal,
+fan-out, zero bias).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from common import weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -93,6 +97,8 @@ class VGG(nnx.Module):
         Only the layers up to the deepest tap are built and run.
       width: channel divisor for tiny test networks (1 = the real network; 16 gives
         4, 8, 16, 32, 32 channels). Real checkpoints need `width=1`.
+      imagenet_normalize: subtract the ImageNet mean and divide by its std first (torchvision
+        and timm weights); False feeds the [0, 1] values as they are.
       rngs: `nnx.Rngs` for the random initialisation.
 
     Calling the model on `images` (N, H, W, 3) with values in [0, 1] returns
@@ -105,6 +111,7 @@ class VGG(nnx.Module):
         *,
         taps: Sequence[str] = QAGAN_TAPS,
         width: int = 1,
+        imagenet_normalize: bool = True,
         rngs: nnx.Rngs,
     ):
         cfg = VARIANTS[cfg] if isinstance(cfg, str) else tuple(cfg)
@@ -116,8 +123,10 @@ class VGG(nnx.Module):
         if not taps:
             raise ValueError("request at least one tap")
         deepest = max(names.index(t) for t in taps)
+        self.cfg = cfg
         self.taps = tuple(taps)
         self.width = width
+        self.imagenet_normalize = imagenet_normalize
         # Static attributes stay hashable (tuples), so the module's GraphDef can key a jit cache.
         channels: list[tuple[str, int]] = []
         layer_names: list[str] = []
@@ -148,9 +157,11 @@ class VGG(nnx.Module):
         return dict(self._tap_channels)
 
     def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
-        mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
-        std = jnp.asarray(IMAGENET_STD, jnp.float32)
-        x = (jnp.asarray(images, jnp.float32) - mean) / std
+        x = jnp.asarray(images, jnp.float32)
+        if self.imagenet_normalize:
+            mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
+            std = jnp.asarray(IMAGENET_STD, jnp.float32)
+            x = (x - mean) / std
         out = {}
         for name in self.layer_names:
             if name.startswith("pool"):
@@ -231,6 +242,96 @@ def random_vgg16(seed: int = 0, *, taps: Sequence[str] = ("pool5",), width: int 
     return VGG("vgg16", taps=taps, width=width, rngs=nnx.Rngs(seed))
 
 
-def load_vgg19(path: str):
-    """VGG-19 from a torchvision checkpoint (`vgg19-dcbb9e9d.pth`). A later issue."""
-    raise NotImplementedError("load_vgg19 arrives with the checkpoint readers (weights.md)")
+def torchvision_entries(
+    model: VGG, *, key_prefix: str = "features.", path: tuple = ()
+) -> list[weights.Entry]:
+    """Checkpoint keys `{key_prefix}{N}.weight` / `.bias` -> `model`'s conv kernels and biases.
+
+    N is torchvision's `features.N` index of each built conv (`torchvision_index`); weights are
+    OIHW and become HWIO kernels. `path` prefixes the variable paths (e.g. `("backbone",)` for
+    a VGG inside a NIMA).
+    """
+    index = torchvision_index(model.cfg)
+    entries = []
+    for name in model.layer_names:
+        if name.startswith("conv"):
+            key = f"{key_prefix}{index[name]}"
+            entries.append(weights.Entry(f"{key}.weight", (*path, name, "kernel"), weights.CONV))
+            entries.append(weights.Entry(f"{key}.bias", (*path, name, "bias")))
+    return entries
+
+
+def _unused_torchvision_key(model: VGG) -> Callable[[str], bool]:
+    """Keys a feature extractor does not need: the classifier (torchvision `classifier.*`, timm
+    `pre_logits.*` / `head.*`) and convs deeper than the deepest requested tap."""
+    index = torchvision_index(model.cfg)
+    convs = {i for name, i in index.items() if name.startswith("conv")}
+    built = {index[name] for name in model.layer_names if name.startswith("conv")}
+    pattern = re.compile(r"features\.(\d+)\.(weight|bias)")
+
+    def unused(key: str) -> bool:
+        if key.startswith(("classifier.", "pre_logits.", "head.")):
+            return True
+        match = pattern.fullmatch(key)
+        return bool(match) and int(match[1]) in convs - built
+
+    return unused
+
+
+def _load(path, variant: str, taps: Sequence[str]) -> VGG:
+    model = weights.empty_module(lambda: VGG(variant, taps=taps, rngs=nnx.Rngs(0)))
+    source = str(path)
+    if weights.is_converted(path):
+        tensors = weights.read_converted(path, format=variant)
+        built = set(model.layer_names)
+        layers = set(torchvision_index(variant))
+        weights.load_entries(
+            model,
+            tensors,
+            weights.module_entries(model),
+            source=source,
+            ignore=lambda key: key.split(".")[0] in layers - built,
+        )
+        return model
+    tensors = weights.unwrap_state_dict(
+        weights.read_checkpoint(path), probe="features.0.weight", source=source
+    )
+    weights.load_entries(
+        model,
+        tensors,
+        torchvision_entries(model),
+        source=source,
+        ignore=_unused_torchvision_key(model),
+    )
+    return model
+
+
+def load_vgg19(path, *, taps: Sequence[str] = QAGAN_TAPS) -> VGG:
+    """VGG-19 with pretrained weights: the same model as `random_vgg19(taps=taps)`.
+
+    `path` is torchvision's `vgg19-dcbb9e9d.pth` (a state dict, zip or legacy torch.save
+    layout), timm's `vgg19.tv_in1k` `model.safetensors` (the same weights and conv keys), or a
+    directory written by `python -m common.weights convert SRC --format vgg19`. Inputs: RGB in
+    [0, 1], ImageNet mean/std applied inside.
+
+    Keys read (confirmed from torchvision/models/vgg.py `make_layers(cfgs["E"])` and
+    timm/models/vgg.py, which keeps torchvision's `features` and renames only the classifier):
+    `features.{0,2,5,7,10,12,14,16,19,21,23,25,28,30,32,34}.weight` (O, I, 3, 3) and `.bias`
+    (O,), up to the deepest requested tap (conv5_1 = features.28 for QAGAN's taps). Ignored:
+    deeper convs, torchvision's `classifier.{0,3,6}.*`, timm's `pre_logits.fc{1,2}.*` and
+    `head.fc.*`. Any other key, a missing needed key or a wrong shape raises
+    `CheckpointMismatchError` naming the key and both shapes. A checkpoint wrapped as
+    {"state_dict": ...} / {"model": ...} or saved from DataParallel is unwrapped first.
+    """
+    return _load(path, "vgg19", taps)
+
+
+def load_vgg16(path, *, taps: Sequence[str] = ("pool5",)) -> VGG:
+    """VGG-16 with pretrained weights: the same model as `random_vgg16(taps=taps)`.
+
+    `path` is torchvision's `vgg16-397923af.pth`, timm's `vgg16.tv_in1k` safetensors, or a
+    directory converted with `--format vgg16`. Keys read (confirmed from the same definitions
+    as `load_vgg19`, configuration "D"): `features.{0,2,5,7,10,12,14,17,19,21,24,26,28}.weight`
+    / `.bias`; the classifier and convs deeper than the deepest tap are ignored.
+    """
+    return _load(path, "vgg16", taps)

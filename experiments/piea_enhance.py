@@ -1,8 +1,8 @@
 r"""Batch PIEA enhancement from the command line.
 
     python -m experiments.piea_enhance INPUT... --out DIR [--steps 20] [--lr 1e-3]
-        [--optimizer sgd] [--guider critic|nima] [--preview-size 256] [--batch-size 8]
-        [--progression] [--overwrite] [--recursive]
+        [--optimizer sgd] [--guider critic|nima] [--nima-weights PATH --nima-backbone NAME]
+        [--preview-size 256] [--batch-size 8] [--progression] [--overwrite] [--recursive]
     python -m experiments.piea_enhance --demo --out DIR
     python -m experiments.piea_enhance PHOTO --out DIR --save-preset P.json
     python -m experiments.piea_enhance INPUT... --out DIR --apply-preset P.json
@@ -30,8 +30,11 @@ JAX_NUM_PROCESSES and JAX_PROCESS_ID), process k of P takes the k-th of P contig
 the sorted input list, so the same command runs unchanged on every host.
 
 The guider is the built-in photographic critic (`piea_jax.guiders.photo_critic`, NOT NIMA)
-unless `--guider nima --nima-weights FILE`; NIMA checkpoint loading arrives with the weights
-work, so until then `--guider nima` fails with a message (no silent random-weight NIMA).
+unless `--guider nima --nima-weights PATH --nima-backbone NAME`: PATH is a public NIMA
+checkpoint or a directory converted once with `python -m common.weights convert`, NAME its
+format (`common.nima.NIMA_BACKBONES`). The guider, backbone, checkpoint path and SHA-256 are
+logged and written into every strategy JSON ("guider", "guider_weights"). There is no
+random-weight NIMA here: without weights `--guider nima` fails with a message.
 
 --demo enhances photos bundled with scikit-image (astronaut, coffee, chelsea, rocket), first
 darkened to 35 % of their values, with the paper's settings (SGD, lr 1e-3, 20 steps) unless
@@ -62,9 +65,10 @@ from common.images import (
     save_text,
     to_uint8,
 )
+from common.nima import NIMA_BACKBONES
 from piea_jax import describe, enhance
 from piea_jax.enhance import guider_score, render, resize_preview
-from piea_jax.guiders import photo_critic
+from piea_jax.guiders import nima_guider, photo_critic
 from piea_jax.presets import PresetError, load_preset, make_preset, save_preset
 from piea_jax.rendering import local_mesh, render_images
 
@@ -77,8 +81,12 @@ _OPTIMIZER = flags.DEFINE_string(
 _GUIDER = flags.DEFINE_enum(
     "guider", "critic", ["critic", "nima"], "critic: built-in photographic critic (not NIMA)."
 )
-_NIMA_WEIGHTS = flags.DEFINE_string("nima-weights", None, "NIMA checkpoint for --guider nima.")
-_NIMA_BACKBONE = flags.DEFINE_string("nima-backbone", "vgg16", "Backbone of --nima-weights.")
+_NIMA_WEIGHTS = flags.DEFINE_string(
+    "nima-weights", None, "NIMA checkpoint file, or a converted directory, for --guider nima."
+)
+_NIMA_BACKBONE = flags.DEFINE_enum(
+    "nima-backbone", None, NIMA_BACKBONES, "Format of --nima-weights (see README)."
+)
 _PREVIEW_SIZE = flags.DEFINE_integer(
     "preview-size", 256, "Short side of the search preview; 0 searches at full resolution."
 )
@@ -117,24 +125,29 @@ class _Item:
 
 
 def _guider():
+    """(guider, its readable name, the checkpoint record or None)."""
     if _GUIDER.value == "critic":
-        return photo_critic, "photo_critic (built-in photographic critic; not NIMA)"
+        return photo_critic, "photo_critic (built-in photographic critic; not NIMA)", None
     if not _NIMA_WEIGHTS.value:
         raise app.UsageError(
-            "--guider nima needs --nima-weights FILE (a NIMA checkpoint); without one use "
-            "--guider critic. Random-weight NIMA scores mean nothing, so none is used silently."
+            "--guider nima needs --nima-weights PATH (a NIMA checkpoint or converted directory) "
+            "and --nima-backbone NAME; without them use --guider critic. Random-weight NIMA "
+            "scores mean nothing, so none is used silently."
         )
-    try:
-        from common.nima import load_nima
-    except ImportError:
-        raise app.UsageError(
-            "NIMA checkpoint loading (common.nima.load_nima) is not implemented yet; "
-            "use --guider critic for now."
-        ) from None
-    from piea_jax.guiders import nima_guider
+    if not _NIMA_BACKBONE.value:
+        raise app.UsageError(f"--nima-weights needs --nima-backbone: {', '.join(NIMA_BACKBONES)}")
+    from common.nima import load_nima
+    from common.weights import CheckpointError, source_sha256
 
-    model = load_nima(_NIMA_WEIGHTS.value, backbone=_NIMA_BACKBONE.value)
-    return nima_guider(model), f"NIMA ({_NIMA_BACKBONE.value}, {_NIMA_WEIGHTS.value})"
+    path, backbone = _NIMA_WEIGHTS.value, _NIMA_BACKBONE.value
+    try:
+        model = load_nima(path, backbone=backbone)
+        sha256 = source_sha256(path)
+    except (CheckpointError, OSError, ImportError) as e:
+        raise app.UsageError(f"--nima-weights {path}: {e}") from None
+    record = {"backbone": backbone, "path": path, "sha256": sha256, "input_size": model.input_size}
+    logging.info("guider: NIMA %s from %s (sha256 %s)", backbone, path, sha256)
+    return nima_guider(model), f"NIMA ({backbone}, {path}, sha256 {sha256[:16]})", record
 
 
 # --- Inputs and outputs ------------------------------------------------------------------------
@@ -485,7 +498,7 @@ def main(argv: list[str]) -> int:
         return 2
     if _DISTRIBUTED.value:  # before any JAX computation
         _initialize_distributed()
-    guider, guider_name = _guider()
+    guider, guider_name, guider_weights = _guider()
     failures: list[str] = []
     items = _inputs(patterns, failures)
     protected = _Inputs([item.source for item in items])
@@ -493,6 +506,7 @@ def main(argv: list[str]) -> int:
         items += _demo_items()
     settings = {
         "guider": guider_name,
+        "guider_weights": guider_weights,  # NIMA: backbone, checkpoint path and SHA-256
         "optimizer": _OPTIMIZER.value,
         "learning_rate": _LR.value,
         "steps": _STEPS.value,
@@ -542,7 +556,8 @@ def main(argv: list[str]) -> int:
     if jax.process_count() > 1:
         where = f"process {jax.process_index()} of {jax.process_count()}: "
     into = f"into {out}" if out.exists() else f"({out} not created)"
-    print(f"{where}{done} of {len(items)} image(s) enhanced {into}", file=sys.stderr)
+    how = f"preset: {_APPLY_PRESET.value}" if preset is not None else f"guider: {guider_name}"
+    print(f"{where}{done} of {len(items)} image(s) enhanced {into}; {how}", file=sys.stderr)
     if failures:
         print(f"{len(failures)} failure(s):", file=sys.stderr)
         for failure in failures:

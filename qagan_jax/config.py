@@ -18,6 +18,8 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     # --- Networks ------------------------------------------------------------------------
     m = c.model = ml_collections.ConfigDict()
     m.vgg_width = 1  # VGG-19 channel divisor (1 = real VGG-19; >1 only for tiny test nets).
+    m.vgg_weights = ""  # Pretrained VGG-19 (torchvision .pth, timm .safetensors or a converted
+    #   directory; README "Pretrained weights"). "" = random VGG-19, with a loud warning.
     m.gen_width = 1  # Generator channel divisor relative to the paper's 64..512.
     m.disc_width = 1  # Discriminator channel divisor relative to the paper's 32..512.
     m.upsample = "nearest"  # Decoder x2 upsampling [S]: "nearest" | "bilinear".

@@ -208,11 +208,15 @@ def create_train_state(
     """Initialises the full training state, replicated over `mesh`.
 
     Parameters are created inside `jit` directly with their (replicated) shardings, so nothing
-    big is built on the host. `encoder_state` (e.g. from `common.vgg.load_vgg19`, split with
-    `nnx.split`) replaces the random VGG-19; without it the encoder is random and a warning
-    says so. `compiler_options` are XLA options for this compile (tests pass fast-compile ones), on
-    top of the project's CPU defaults (`common.xla_options`).
+    big is built on the host. The VGG-19 encoder is `encoder_state` if given (e.g. from
+    `common.vgg.load_vgg19`, split with `nnx.split`), else loaded from `config.model.vgg_weights`
+    if set (which needs `model.vgg_width == 1`); otherwise it is random and a warning says so
+    (`encoder_description` is what metrics files should record). `compiler_options` are XLA
+    options for this compile (tests pass fast-compile ones), on top of the project's CPU
+    defaults (`common.xla_options`).
     """
+    if encoder_state is None and config.model.get("vgg_weights"):
+        encoder_state = _pretrained_encoder(config.model)  # before compiling: fail early
     init = jax.jit(
         functools.partial(_init_state, config),
         out_shardings=replicated(mesh),
@@ -227,6 +231,23 @@ def create_train_state(
     else:
         state = state.replace(encoder=jax.device_put(encoder_state, replicated(mesh)))
     return state
+
+
+def _pretrained_encoder(model_cfg: ml_collections.ConfigDict) -> nnx.State:
+    if model_cfg.vgg_width != 1:
+        raise ValueError(
+            f"model.vgg_weights needs the real VGG-19 (model.vgg_width = 1, not "
+            f"{model_cfg.vgg_width})"
+        )
+    encoder = vgg.load_vgg19(model_cfg.vgg_weights, taps=models.TAPS)
+    logging.info("QAGAN encoder: VGG-19 from %s", model_cfg.vgg_weights)
+    return nnx.split(encoder)[1]
+
+
+def encoder_description(config: ml_collections.ConfigDict) -> str:
+    """What the encoder is, for metrics files: "random VGG-19" or "VGG-19 from <path>"."""
+    path = config.model.get("vgg_weights")
+    return f"VGG-19 from {path}" if path else "random VGG-19"
 
 
 def abstract_train_state(config: ml_collections.ConfigDict, key: jax.Array) -> TrainState:

@@ -253,3 +253,156 @@ def test_two_processes_split_a_corpus_without_overlap_or_gaps(tmp_path):
         counts.append(int(line.split(": ")[1].split(" of ")[0]))
     assert sorted(counts) == [3, 4]  # 7 files: contiguous slices of 3 and 4
     assert sorted(p.stem for p in out.iterdir()) == names  # each once, none skipped
+
+
+# --- NIMA guider from a checkpoint -----------------------------------------------------------
+
+
+def _tiny_nima(rngs=None):
+    """A NIMA small enough for CI: one VGG conv, input size 32."""
+    from flax import nnx
+
+    from common.nima import Nima
+    from common.vgg import VGG
+
+    backbone = VGG("vgg16", taps=("relu1_1",), width=16, rngs=rngs or nnx.Rngs(0))
+    return Nima(backbone, features=4, tap="relu1_1", input_size=32, rngs=rngs or nnx.Rngs(0))
+
+
+def _parse(args: list[str]) -> None:
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["piea_enhance", *args])
+
+
+def test_nima_guider_from_a_converted_directory(tmp_path, monkeypatch):
+    import types
+
+    from flax import nnx
+
+    from common import weights
+    from common.nima import mean_score
+    from tests import torch_format
+
+    # Stand-in for a backbone module (engineer B's common.mobilenet) with a tiny model.
+    fake = types.ModuleType("common.mobilenet")
+    fake.make_nima_mobilenet_v2 = _tiny_nima
+    fake.nima_mobilenet_v2 = None  # only the converted directory is read
+    monkeypatch.setitem(sys.modules, "common.mobilenet", fake)
+    model = _tiny_nima(nnx.Rngs(3))
+    source = tmp_path / "pretrain-model.pth"
+    torch_format.save_zip(weights.module_arrays(model), source)
+    converted = tmp_path / "converted"
+    weights.save_converted(model, converted, format="mobilenet_v2", source=source)
+    args = ["--out", str(tmp_path), "--guider", "nima", "--nima-weights", str(converted)]
+    _parse(args)
+    with pytest.raises(app.UsageError, match="--nima-backbone"):
+        piea_enhance._guider()
+    _parse([*args, "--nima-backbone", "mobilenet_v2"])
+    guider, name, record = piea_enhance._guider()
+    assert name.startswith(f"NIMA (mobilenet_v2, {converted}, sha256 ")
+    assert record == {
+        "backbone": "mobilenet_v2",
+        "path": str(converted),
+        "sha256": weights.file_sha256(source),
+        "input_size": 32,
+    }
+    image = np.random.default_rng(0).uniform(0, 1, (32, 32, 3)).astype(np.float32)
+    model.eval()
+    assert float(guider(image)) == pytest.approx(float(mean_score(model(image[None]))[0]))
+
+
+def test_nima_guider_bad_checkpoint_is_named(corpus, tmp_path):
+    bad = tmp_path / "nima.pth"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    args = [str(corpus / "coffee.png"), "--out", str(tmp_path / "out"), "--guider", "nima"]
+    args += ["--nima-weights", str(bad), "--nima-backbone", "vgg16_gap"]
+    with pytest.raises(app.UsageError, match=r"nima\.pth.*truncated or corrupt"):
+        _run_in_process(args)
+
+
+def _random_nima_pytorch_v1(path: Path) -> None:
+    """Random weights with nima.pytorch v1's keys and shapes (nima/model.py, nima/mobile_net_v2.py
+    at tag v1: base_model = Sequential(MobileNetV2.features), head = Sequential(ReLU, Dropout,
+    Linear(1280, 10), Softmax)), written as torch.save writes a state dict."""
+    from tests import torch_format
+
+    rng = np.random.default_rng(0)
+    state = {}
+
+    def conv(prefix, out_ch, in_ch, k):
+        std = np.sqrt(2.0 / (in_ch * k * k))
+        state[f"{prefix}.weight"] = (rng.standard_normal((out_ch, in_ch, k, k)) * std).astype(
+            np.float32
+        )
+
+    def bn(prefix, ch):
+        state[f"{prefix}.weight"] = (1 + 0.1 * rng.standard_normal(ch)).astype(np.float32)
+        state[f"{prefix}.bias"] = (0.1 * rng.standard_normal(ch)).astype(np.float32)
+        state[f"{prefix}.running_mean"] = (0.1 * rng.standard_normal(ch)).astype(np.float32)
+        state[f"{prefix}.running_var"] = rng.uniform(0.5, 1.5, ch).astype(np.float32)
+        state[f"{prefix}.num_batches_tracked"] = np.array(1000, np.int64)
+
+    conv("base_model.0.0.0", 32, 3, 3)
+    bn("base_model.0.0.1", 32)
+    channels, index = 32, 1
+    for t, c, n, _ in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                       (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]:  # fmt: skip
+        for _ in range(n):
+            hidden, prefix = channels * t, f"base_model.0.{index}.conv"
+            conv(f"{prefix}.0", hidden, channels, 1)
+            bn(f"{prefix}.1", hidden)
+            conv(f"{prefix}.3", hidden, 1, 3)  # depthwise: (hidden, 1, 3, 3)
+            bn(f"{prefix}.4", hidden)
+            conv(f"{prefix}.6", c, hidden, 1)
+            bn(f"{prefix}.7", c)
+            channels, index = c, index + 1
+    conv(f"base_model.0.{index}.0", 1280, 320, 1)
+    bn(f"base_model.0.{index}.1", 1280)
+    state["head.2.weight"] = (rng.standard_normal((10, 1280)) * 0.05).astype(np.float32)
+    state["head.2.bias"] = np.zeros(10, np.float32)
+    torch_format.save_zip(state, path, archive=path.stem)
+
+
+def _convert_then_enhance_demo(tmp_path, source: Path, backbone: str) -> None:
+    """The documented commands: convert once, then enhance the demo photos with the guider."""
+    converted = tmp_path / "converted"
+    convert = [sys.executable, "-m", "common.weights", "convert", str(source)]
+    convert += ["--format", backbone, "--out", str(converted)]
+    proc = subprocess.run(convert, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "experiments.piea_enhance", "--demo", "--out", str(out)]
+    cmd += ["--steps", "2", "--guider", "nima", "--nima-weights", str(converted)]
+    cmd += ["--nima-backbone", backbone]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr
+    assert f"4 of 4 image(s) enhanced into {out}; guider: NIMA ({backbone}" in proc.stderr
+    for name in piea_enhance.DEMO_PHOTOS:
+        record = json.loads((out / f"{name}.strategy.json").read_text())
+        assert record["guider_weights"]["backbone"] == backbone
+        assert len(record["guider_weights"]["sha256"]) == 64
+        assert (out / f"{name}.png").exists()
+
+
+@pytest.mark.slow
+def test_demo_with_a_converted_vgg16_nima(tmp_path):
+    from tests import torch_format
+    from tests.vgg_reference import random_features
+
+    state = {
+        k.replace("features.", "base_model.features_"): v
+        for k, v in random_features("vgg16").items()
+    }
+    state["classifier.2.weight"] = np.full((10, 512), 0.01, np.float32)
+    state["classifier.2.bias"] = np.zeros(10, np.float32)
+    source = tmp_path / "NIMA_VGG16_ava-dc4e8265.pth"
+    torch_format.save_zip({"params": state}, source, archive=source.stem)
+    _convert_then_enhance_demo(tmp_path, source, "vgg16_gap")
+
+
+@pytest.mark.slow
+def test_demo_with_a_converted_mobilenet_v2_nima(tmp_path):
+    pytest.importorskip("common.mobilenet")  # engineer B's backbone module
+    source = tmp_path / "pretrain-model.pth"
+    _random_nima_pytorch_v1(source)
+    _convert_then_enhance_demo(tmp_path, source, "mobilenet_v2")

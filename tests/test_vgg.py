@@ -1,12 +1,17 @@
-"""VGG-16/19 feature model: layer structure, taps, shapes, normalisation, parameter counts."""
+"""VGG-16/19 feature model: layer structure, taps, shapes, normalisation, parameter counts, and
+loading torchvision / timm checkpoints (compared with an independent numpy forward)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from safetensors.numpy import save_file
 
 from common import vgg
+from common.weights import CheckpointMismatchError
+from tests import torch_format
+from tests.vgg_reference import assert_close_to_scale, random_features, vgg_taps
 
 
 def _param_count(make):
@@ -107,3 +112,72 @@ def test_conv3x3_matches_lax_conv_values_and_gradients():
     np.testing.assert_allclose(out, out_ref, atol=1e-5)
     for got, want in zip(pull(cotangent), pull_ref(cotangent), strict=True):
         np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+# --- Pretrained weights: torchvision and timm layouts ------------------------------------------
+
+
+def _classifier_stand_ins(names):
+    # The real classifier weights (4096 x 25088, ...) would add ~480 MB and the loaders ignore
+    # them, so these keys keep their real names with small shapes.
+    return {name: np.zeros((4, 3), np.float32) for name in names}
+
+
+@pytest.fixture(scope="module")
+def vgg19_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vgg19")
+    state = dict(random_features("vgg19"))
+    state.update(_classifier_stand_ins([f"classifier.{i}.{p}" for i in (0, 3, 6) for p in "wb"]))
+    files = {"zip": folder / "vgg19-dcbb9e9d.pth", "legacy": folder / "vgg19-legacy.pth"}
+    torch_format.save_zip(state, files["zip"], archive="vgg19-dcbb9e9d")
+    torch_format.save_legacy(state, files["legacy"])
+    return files
+
+
+@pytest.mark.parametrize("layout", ["zip", "legacy"])
+def test_load_vgg19_torchvision_matches_numpy_reference(vgg19_files, layout):
+    model = vgg.load_vgg19(vgg19_files[layout])
+    # Same model object as the random one: same module graph, so the same compiled programs.
+    assert nnx.graphdef(model) == nnx.graphdef(nnx.eval_shape(lambda: vgg.random_vgg19()))
+    x = np.random.default_rng(1).uniform(0, 1, (2, 32, 40, 3)).astype(np.float32)
+    out = model(x)
+    ref = vgg_taps(x, random_features("vgg19"), "vgg19", depth=17)  # through conv5_1
+    assert set(out) == set(vgg.QAGAN_TAPS)
+    for tap in vgg.QAGAN_TAPS:
+        assert_close_to_scale(out[tap], ref[tap], what=tap)
+
+
+def test_load_vgg19_every_tap(vgg19_files):
+    taps = vgg.available_taps("vgg19")
+    model = vgg.load_vgg19(vgg19_files["zip"], taps=taps)
+    x = np.random.default_rng(2).uniform(0, 1, (1, 32, 32, 3)).astype(np.float32)
+    out = model(x)
+    ref = vgg_taps(x, random_features("vgg19"), "vgg19")
+    assert out["pool5"].shape == (1, 1, 1, 512)
+    for tap in taps:
+        assert_close_to_scale(out[tap], ref[tap], what=tap)
+
+
+def test_load_vgg16_timm_safetensors(tmp_path):
+    state = dict(random_features("vgg16"))
+    state.update(
+        _classifier_stand_ins(
+            ["pre_logits.fc1.weight", "pre_logits.fc1.bias", "pre_logits.fc2.weight"]
+            + ["pre_logits.fc2.bias", "head.fc.weight", "head.fc.bias"]
+        )
+    )
+    path = tmp_path / "model.safetensors"  # timm/vgg16.tv_in1k on the Hugging Face Hub
+    save_file(state, path)
+    model = vgg.load_vgg16(path, taps=("relu3_3", "pool5"))
+    x = np.random.default_rng(3).uniform(0, 1, (2, 64, 48, 3)).astype(np.float32)
+    out = model(x)
+    ref = vgg_taps(x, random_features("vgg16"), "vgg16")
+    for tap in ("relu3_3", "pool5"):
+        assert_close_to_scale(out[tap], ref[tap], what=tap)
+
+
+def test_a_vgg16_checkpoint_is_not_a_vgg19(tmp_path):
+    path = tmp_path / "vgg16.pth"
+    torch_format.save_zip(random_features("vgg16"), path)
+    with pytest.raises(CheckpointMismatchError, match="missing key 'features.16.weight'"):
+        vgg.load_vgg19(path)
