@@ -13,22 +13,15 @@ variables to these physical values lives in `piea_jax.params`.
 
 import jax.numpy as jnp
 
-# EXPOSURE's luminance weights (not Rec. 601/709), used by every filter that needs luminance.
-LUMINANCE_WEIGHTS = (0.27, 0.67, 0.06)
+# EXPOSURE's luminance (0.27 R + 0.67 G + 0.06 B) lives in `common.color`, shared with the
+# metrics; both names stay part of this module's API.
+from common.color import LUMINANCE_WEIGHTS, luminance  # noqa: F401
 
 # Number of equal segments of the piecewise-linear tone and colour curves.
 CURVE_SEGMENTS = 8
 
 # Floor of the gamma filter: keeps x**g and its gradient finite at x = 0.
 GAMMA_FLOOR = 1e-3
-
-
-def luminance(image):
-    """EXPOSURE luminance 0.27 R + 0.67 G + 0.06 B of an (..., 3) array -> (...)."""
-    image = jnp.asarray(image)
-    # An explicit weighted sum, not a dot: XLA fuses it with the neighbouring elementwise ops.
-    r, g, b = LUMINANCE_WEIGHTS
-    return r * image[..., 0] + g * image[..., 1] + b * image[..., 2]
 
 
 def exposure(image, ev):

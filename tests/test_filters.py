@@ -308,3 +308,20 @@ def test_to_physical_passes_leading_batch_axes_through():
     batched, mapped = piea_jax.to_physical(raw), jax.vmap(piea_jax.to_physical)(raw)
     for name in piea_jax.FILTER_ORDER:
         np.testing.assert_allclose(batched[name], mapped[name], err_msg=name)
+
+
+def test_describe_hides_changes_too_small_to_see():
+    from piea_jax.strategy import VISIBLE_CHANGE
+
+    physical = piea_jax.to_physical(piea_jax.initial_raw_params())
+    tiny = np.array([0.99, 1.0, 1.01, 1.0, 0.995, 1.0, 1.005, 1.0])  # moves values < 1/255
+    colour = np.ones((3, 8))
+    colour[1] = [1, 1, 1, 1, 1.2, 0.8, 1, 1]  # green moves visibly, red and blue not at all
+    physical = {**physical, "tone_curve": tiny, "color_curve": colour, "contrast": 0.004}
+    text = piea_jax.describe(physical)
+    assert text == "Exposure +1.00 EV, Colour curve G 1.00/1.00/1.00/1.00/1.20/0.80/1.00/1.00"
+    # The threshold is on the change in values: an exposure just under it is hidden.
+    hidden = float(np.log2(1 + 0.9 * VISIBLE_CHANGE))
+    shown = float(np.log2(1 + 1.1 * VISIBLE_CHANGE))
+    assert piea_jax.describe({"exposure": hidden}) == "Identity (no change)"
+    assert piea_jax.describe({"exposure": shown}) == f"Exposure +{shown:.2f} EV"
