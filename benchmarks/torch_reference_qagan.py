@@ -108,8 +108,11 @@ def act(x: torch.Tensor) -> torch.Tensor:
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample, per-channel spatial mean and sqrt(var + eps) of (N, C, H, W)."""
-    var, mean = torch.var_mean(x, dim=(2, 3), correction=0, keepdim=True)
+    """Per-sample, per-channel spatial mean and sqrt(var + eps) of (N, C, H, W), with the
+    unbiased variance (÷ H·W − 1) as the authors' `calc_mean_std` and spec/qagan.md section 1
+    (a 1×1 map: variance 0, as `qagan_jax.models.channel_stats`)."""
+    correction = 1 if x.shape[2] * x.shape[3] > 1 else 0
+    var, mean = torch.var_mean(x, dim=(2, 3), correction=correction, keepdim=True)
     return mean, torch.sqrt(var + STAT_EPS)
 
 
