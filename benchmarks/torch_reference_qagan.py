@@ -18,7 +18,10 @@ discriminator parameters are frozen meanwhile, so only input gradients run throu
 the generators take an Adam step. x_R is the low batch rolled by one (config `reference="roll"`),
 so E(x_R) = roll(E(x_L)) is not recomputed. Checked once against our jitted step (width 16,
 128x128, batch 2, our JAX state loaded into these modules): the six losses agree to 1e-7
-(relative) on the first step and to 1e-4 after three steps (float rounding through Adam).
+(relative) on the first step and to 1e-4 after three steps (float rounding through Adam); that
+check predates issue 14, when both sides used the biased channel variance. Since both take the
+unbiased one, G_L's forward (paper widths, weights copied, near-uniform attention) was checked
+again: float32 JAX within 3.3e-5 (relative to the largest output) of this port in float64.
 Deviations from `train_step` are listed in the JSON (`deviations_from_jax_step`).
 
 Reported per batch size: the best and mean seconds per step over `--steps` timed steps after one
