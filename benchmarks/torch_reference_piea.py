@@ -161,10 +161,14 @@ def saturation(x, s):
 
 def _curve(x, slopes):
     """The O(1) piecewise-linear curve of `piea_jax.filters._curve`: slopes (N, K) for one
-    curve per image, or (N, 3, K) for one per channel; a gather from the per-image table."""
+    curve per image, or (N, 3, K) for one per channel; a gather from the per-image table. Its
+    gradient in x is the literal K-term sum's under torch.clamp (spec/piea.md §2), knots
+    included: at an interior knot two segments sit on a bound, so t_{i-1} + t_i."""
     k = slopes.shape[-1]
     normalised = slopes / slopes.sum(dim=-1, keepdim=True)
     before = normalised.cumsum(dim=-1) - normalised
+    # Slope of the segment below each knot; times frac = 0 at the knot, so no value changes.
+    below = F.pad(normalised[..., :-1], (1, 0)).detach()
     u = torch.clamp(x * k, 0.0, k)
     segment = torch.clamp_max(torch.floor(u), k - 1).detach()  # floor has zero gradient
     frac = u - segment
@@ -172,8 +176,10 @@ def _curve(x, slopes):
         segment = segment + k * torch.arange(slopes.shape[1], dtype=x.dtype).view(1, -1, 1, 1)
     index = segment.long().flatten(1)
     n = x.shape[0]
-    out = before.reshape(n, -1).gather(1, index)
-    out = out + normalised.reshape(n, -1).gather(1, index) * frac.flatten(1)
+    frac = frac.flatten(1)
+    slope = normalised.reshape(n, -1).gather(1, index)
+    slope = slope + torch.where(frac == 0, below.reshape(n, -1).gather(1, index), 0.0)
+    out = before.reshape(n, -1).gather(1, index) + slope * frac
     return out.view_as(x)
 
 

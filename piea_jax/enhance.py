@@ -33,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from common import xla_options
+from piea_jax.filters import clip_passing_bounds
 from piea_jax.params import FILTER_ORDER, apply_filters, initial_raw_params, to_physical
 from piea_jax.rendering import render_images
 
@@ -91,8 +92,12 @@ class EnhanceResult:
 
 
 def render(image, physical, order: Sequence[str] = FILTER_ORDER) -> jax.Array:
-    """The filter chain on ONE image (H, W, 3) with physical parameters, clipped to [0, 1]."""
-    return jnp.clip(apply_filters(image, physical, order), 0.0, 1.0)
+    """The filter chain on ONE image (H, W, 3) with physical parameters, clipped to [0, 1].
+
+    The clip passes the whole gradient for a value exactly on 0 or 1 and none outside
+    (spec/piea.md §2): the filters leave highlights exactly on 1.0 at PIEA's start.
+    """
+    return clip_passing_bounds(apply_filters(image, physical, order), 0.0, 1.0)
 
 
 def loss_and_score(raw, image, guider, order: Sequence[str] = FILTER_ORDER):
