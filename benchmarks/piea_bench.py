@@ -2,6 +2,7 @@ r"""PIEA speed benchmark; prints one JSON document to stdout.
 
     python benchmarks/piea_bench.py            # the full run (~40 min on a loaded 2-core CPU)
     python benchmarks/piea_bench.py --quick    # batch 1 only, fewer repeats
+    python benchmarks/piea_bench.py --guiders= --nochain   # the render throughput only
 
 Measures, on 333×500 images (the paper's FiveK size; real skimage photos, darkened):
   * `enhance` with M = 20 SGD steps for batches of 1, 4 and 8, searching on a 256-short-side
@@ -17,6 +18,12 @@ Measures, on 333×500 images (the paper's FiveK size; real skimage photos, darke
     respect to the raw parameters) at 333×500 batch 8 and at 4000×3000 (12 MP) batch 1, fused
     by `jax.jit`, next to JAX op-by-op eager execution on the same machine and the PyTorch
     figures quoted by spec/piea.md §8 (`torch_reference_piea.py` measures PyTorch here).
+  * full-resolution render throughput (`--render`, on by default): megapixels per second of
+    `piea_jax.rendering.render_images` (forward only, the batch-enhancement path of presets and
+    of `enhance`'s final images) on 12 MP and 24 MP images, batch 4, on one device and on all
+    local devices, next to the plain `jax.jit` + `vmap` chain and this machine's
+    memory-bandwidth bound (`memory_bandwidth`); `torch_reference_piea.py --render-only`
+    measures PyTorch eager and `torch.compile` on the same work.
 The CPU may be shared with other work: the load average is recorded before and after.
 """
 
@@ -43,6 +50,7 @@ from common import xla_options
 from common.nima import random_nima_vgg16
 from piea_jax import FILTER_ORDER, apply_filters, initial_raw_params, to_physical
 from piea_jax.guiders import nima_guider, photo_critic
+from piea_jax.rendering import local_mesh, render_images
 
 enhance_module = importlib.import_module("piea_jax.enhance")
 
@@ -52,6 +60,7 @@ _STEPS = flags.DEFINE_integer("steps", 20, "Optimiser steps M.")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "4", "8"], "Batches of images searched.")
 _CHAIN = flags.DEFINE_bool("chain", True, "Also benchmark the filter chain alone.")
 _ENHANCE = flags.DEFINE_bool("enhance", True, "Benchmark `enhance` (else only the profiles).")
+_RENDER = flags.DEFINE_bool("render", True, "Benchmark full-resolution rendering (12, 24 MP).")
 _MAX_UNROLLED_BATCH = flags.DEFINE_integer(
     "max_unrolled_batch",
     0,
@@ -275,6 +284,87 @@ def profile_max_pool(batch) -> dict:
     return out
 
 
+RENDER_SHAPES = {"12mp": (3000, 4000), "24mp": (4000, 6000)}
+RENDER_BATCH = 4
+# Bytes each rendered pixel moves at least: read 3 float32 values, write 3.
+RENDER_BYTES_PER_PIXEL = 24
+
+
+def _active_physical():
+    """Physical parameters with every filter away from its identity (none can be skipped)."""
+    raw = jax.tree.map(lambda r: r + 0.1, initial_raw_params())
+    raw["tone_curve"] = raw["tone_curve"] + jnp.linspace(-0.3, 0.3, 8)
+    raw["color_curve"] = raw["color_curve"] + jnp.linspace(-0.3, 0.3, 8)
+    return to_physical(raw)
+
+
+def memory_bandwidth(megabytes: int = 1024, repeats: int = 5) -> dict:
+    """This machine's copy bandwidth: numpy copies of a `megabytes` float32 buffer into a
+    preallocated one (pages touched beforehand), with 1 thread and with one thread per core
+    on equal slices (numpy releases the GIL while copying); bytes read + written per second,
+    best of `repeats`. A render that reads and writes each pixel once cannot beat
+    bandwidth / 24 bytes per pixel."""
+    import concurrent.futures
+
+    n = megabytes * 2**20 // 4
+    source, target = np.ones(n, np.float32), np.zeros(n, np.float32)
+    out = {"buffer_mb": megabytes}
+    threads = os.cpu_count() or 1
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        for label, k in (("1_thread", 1), (f"{threads}_threads", threads)):
+            slices = [slice(i * n // k, (i + 1) * n // k) for i in range(k)]
+
+            def copy(slices=slices):
+                list(pool.map(lambda s: np.copyto(target[s], source[s]), slices))
+
+            seconds = _timed(copy, repeats)
+            out[f"copy_gb_per_s_{label}"] = round(2 * n * 4 / seconds / 1e9, 2)
+    best = max(v for k, v in out.items() if k.startswith("copy_gb"))
+    out["render_bound_mp_per_s"] = round(best * 1e9 / RENDER_BYTES_PER_PIXEL / 1e6, 1)
+    return out
+
+
+def bench_render(shape, batch: int, repeats: int) -> dict:
+    """Megapixels per second of full-resolution rendering, forward only."""
+    images = np.asarray(jax.random.uniform(jax.random.key(3), (batch, *shape, 3), jnp.float32))
+    physical = _active_physical()
+    megapixels = batch * shape[0] * shape[1] / 1e6
+    row = {"shape": f"{batch}x{shape[0]}x{shape[1]}x3"}
+    meshes = {"1_device": local_mesh(jax.local_devices()[:1])}
+    if jax.local_device_count() > 1:
+        meshes[f"{jax.local_device_count()}_devices"] = local_mesh()
+    for label, mesh in meshes.items():
+        render_images(images[:, :8], physical, mesh=mesh)  # compile (one size serves all)
+        seconds = _timed(lambda mesh=mesh: render_images(images, physical, mesh=mesh), repeats)
+        row[f"render_images_{label}_s"] = round(seconds, 3)
+        row[f"render_images_{label}_mp_per_s"] = round(megapixels / seconds, 1)
+    batched = jax.tree.map(lambda p: jnp.broadcast_to(p, (batch, *p.shape)), physical)
+    plain = enhance_module._render_batch  # jax.jit(vmap(render)) on the whole batch
+    x = jnp.asarray(images)
+    jax.block_until_ready(plain(x, batched, FILTER_ORDER))
+    seconds = _timed(lambda: plain(x, batched, FILTER_ORDER), repeats)
+    row["plain_jit_vmap_s"] = round(seconds, 3)
+    row["plain_jit_vmap_mp_per_s"] = round(megapixels / seconds, 1)
+    # Against `render` jitted on the whole first image. Where they differ by more than float32
+    # rounding, jit(render) is the one off: a value on a curve segment boundary gets its
+    # segment and its fraction from recomputations that XLA rounds differently in two fusions;
+    # render_images there equals op-by-op evaluation (checked on the worst pixel).
+    reference = np.asarray(jax.jit(enhance_module.render)(x[0], physical))
+    (rendered,) = render_images(images[:1], physical)
+    difference = np.abs(rendered - reference)
+    worst = np.unravel_index(np.argmax(difference), difference.shape)[:2]
+    with jax.disable_jit():
+        eager = np.asarray(
+            enhance_module.render(images[0][worst[0] : worst[0] + 1, worst[1]][None], physical)
+        )
+    row["max_abs_difference_vs_jit_render"] = float(difference.max())
+    row["values_differing_by_more_than_1e-5"] = int((difference > 1e-5).sum())
+    row["worst_pixel_render_images_minus_op_by_op"] = float(
+        np.max(np.abs(rendered[worst] - eager.reshape(3)))
+    )
+    return row
+
+
 def main(argv):
     del argv
     quick = _QUICK.value
@@ -328,6 +418,15 @@ def main(argv):
             split["search_resolution"] = f"{shape[0]}x{shape[1]}"
             report["nima_step_profile"] = split
             print(json.dumps(split), file=sys.stderr, flush=True)
+
+    if _RENDER.value:
+        report["memory_bandwidth"] = memory_bandwidth()
+        print(json.dumps(report["memory_bandwidth"]), file=sys.stderr, flush=True)
+        report["render"] = {}
+        for name, shape in RENDER_SHAPES.items():
+            row = bench_render(shape, RENDER_BATCH, 1 if quick else 3)
+            report["render"][f"{name}_batch{RENDER_BATCH}"] = row
+            print(json.dumps(row), file=sys.stderr, flush=True)
 
     if _CHAIN.value:
         report["filter_chain"] = {

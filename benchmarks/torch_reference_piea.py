@@ -2,6 +2,7 @@ r"""Same-machine eager PyTorch reference for PIEA's speed figures; prints one JS
 
     python benchmarks/torch_reference_piea.py            # the full run (~11 min, shared 2-core CPU)
     python benchmarks/torch_reference_piea.py --quick    # batch 1 only, chain at 333×500 only
+    python benchmarks/torch_reference_piea.py --render-only  # full-resolution render, 12/24 MP
 
 PyTorch is not a project dependency, and this script imports neither jax nor the project: it is
 a self-contained port, so anyone can rerun the reference next to `benchmarks/piea_bench.py` on
@@ -26,7 +27,10 @@ Measures, in float32 with PyTorch's default thread count (progress goes to stder
     faster one runs the search);
   * the filter chain alone (all eight filters away from their identity; forward + gradient of
     the per-image mean with respect to the raw parameters) on random images, 333×500 batch 8
-    and 3000×4000 (12 MP) batch 1, eager and with `torch.compile` (inductor) when it works.
+    and 3000×4000 (12 MP) batch 1, eager and with `torch.compile` (inductor) when it works;
+  * with --render-only, only the full-resolution render (the chain forward, clipped, no
+    gradient) of 4 random images at 12 MP and at 24 MP, eager and `torch.compile`, in
+    megapixels per second (`piea_bench.py`'s "render" rows measure JAX on the same work).
 The CPU may be shared with other work: the load average is recorded before and after.
 """
 
@@ -157,10 +161,14 @@ def saturation(x, s):
 
 def _curve(x, slopes):
     """The O(1) piecewise-linear curve of `piea_jax.filters._curve`: slopes (N, K) for one
-    curve per image, or (N, 3, K) for one per channel; a gather from the per-image table."""
+    curve per image, or (N, 3, K) for one per channel; a gather from the per-image table. Its
+    gradient in x is the literal K-term sum's under torch.clamp (spec/piea.md §2), knots
+    included: at an interior knot two segments sit on a bound, so t_{i-1} + t_i."""
     k = slopes.shape[-1]
     normalised = slopes / slopes.sum(dim=-1, keepdim=True)
     before = normalised.cumsum(dim=-1) - normalised
+    # Slope of the segment below each knot; times frac = 0 at the knot, so no value changes.
+    below = F.pad(normalised[..., :-1], (1, 0)).detach()
     u = torch.clamp(x * k, 0.0, k)
     segment = torch.clamp_max(torch.floor(u), k - 1).detach()  # floor has zero gradient
     frac = u - segment
@@ -168,8 +176,10 @@ def _curve(x, slopes):
         segment = segment + k * torch.arange(slopes.shape[1], dtype=x.dtype).view(1, -1, 1, 1)
     index = segment.long().flatten(1)
     n = x.shape[0]
-    out = before.reshape(n, -1).gather(1, index)
-    out = out + normalised.reshape(n, -1).gather(1, index) * frac.flatten(1)
+    frac = frac.flatten(1)
+    slope = normalised.reshape(n, -1).gather(1, index)
+    slope = slope + torch.where(frac == 0, below.reshape(n, -1).gather(1, index), 0.0)
+    out = before.reshape(n, -1).gather(1, index) + slope * frac
     return out.view_as(x)
 
 
@@ -431,12 +441,67 @@ def bench_chain(shape, batch: int, repeats: int) -> dict:
     return out
 
 
+RENDER_SHAPES = {"12mp": (3000, 4000), "24mp": (4000, 6000)}
+RENDER_BATCH = 4
+
+
+def bench_render(shape, batch: int, repeats: int) -> dict:
+    """Megapixels per second of the full-resolution render (the chain, forward only, clipped)
+    of (batch, 3, H, W) images with every filter active: eager and `torch.compile`."""
+    images, raw = _chain_inputs(shape, batch)
+    with torch.no_grad():
+        physical = to_physical({k: v.detach() for k, v in raw.items()})
+
+        def forward(x, p):
+            return torch.clamp(apply_filters(x, p), 0.0, 1.0)
+
+        megapixels = batch * shape[0] * shape[1] / 1e6
+        out = {"shape": f"{batch}x3x{shape[0]}x{shape[1]}"}
+        forward(images, physical)  # warm-up
+        seconds = _timed(lambda: forward(images, physical), repeats)
+        out["eager_s"] = round(seconds, 3)
+        out["eager_mp_per_s"] = round(megapixels / seconds, 1)
+        try:
+            compiled = torch.compile(forward, dynamic=False)
+            start = time.perf_counter()
+            compiled(images, physical)
+            out["torch_compile_first_call_s"] = round(time.perf_counter() - start, 2)
+            seconds = _timed(lambda: compiled(images, physical), repeats)
+            out["torch_compile_s"] = round(seconds, 3)
+            out["torch_compile_mp_per_s"] = round(megapixels / seconds, 1)
+        except Exception as error:  # inductor needs a working C++ toolchain; report, go on
+            out["torch_compile_error"] = f"{type(error).__name__}: {error}"[:500]
+    out["peak_rss_mb_so_far"] = round(_peak_rss_mb(), 1)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="batch 1 only, chain at 333×500")
     parser.add_argument("--steps", type=int, default=STEPS, help="optimiser steps M")
     parser.add_argument("--batch-sizes", default="1,4,8", help="comma-separated search batches")
+    parser.add_argument(
+        "--render-only", action="store_true", help="only the full-resolution render at 12/24 MP"
+    )
     args = parser.parse_args()
+    if args.render_only:
+        report = {
+            "conditions": {
+                "cpu": platform.processor() or platform.machine(),
+                "load_average_start": [round(v, 2) for v in os.getloadavg()],
+                "torch": torch.__version__,
+                "torch_threads": torch.get_num_threads(),
+                "timing": "minimum wall time over repeats, after a warm-up call",
+            },
+            "render": {},
+        }
+        for name, shape in RENDER_SHAPES.items():
+            row = bench_render(shape, RENDER_BATCH, 2)
+            report["render"][f"{name}_batch{RENDER_BATCH}"] = row
+            _log(row)
+        report["conditions"]["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+        print(json.dumps(report, indent=1))
+        return
     batches = (1,) if args.quick else tuple(int(b) for b in args.batch_sizes.split(","))
     torch.manual_seed(0)
     report = {

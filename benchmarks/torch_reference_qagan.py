@@ -18,7 +18,10 @@ discriminator parameters are frozen meanwhile, so only input gradients run throu
 the generators take an Adam step. x_R is the low batch rolled by one (config `reference="roll"`),
 so E(x_R) = roll(E(x_L)) is not recomputed. Checked once against our jitted step (width 16,
 128x128, batch 2, our JAX state loaded into these modules): the six losses agree to 1e-7
-(relative) on the first step and to 1e-4 after three steps (float rounding through Adam).
+(relative) on the first step and to 1e-4 after three steps (float rounding through Adam); that
+check predates issue 14, when both sides used the biased channel variance. Since both take the
+unbiased one, G_L's forward (paper widths, weights copied, near-uniform attention) was checked
+again: float32 JAX within 3.3e-5 (relative to the largest output) of this port in float64.
 Deviations from `train_step` are listed in the JSON (`deviations_from_jax_step`).
 
 Reported per batch size: the best and mean seconds per step over `--steps` timed steps after one
@@ -108,8 +111,11 @@ def act(x: torch.Tensor) -> torch.Tensor:
 
 
 def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample, per-channel spatial mean and sqrt(var + eps) of (N, C, H, W)."""
-    var, mean = torch.var_mean(x, dim=(2, 3), correction=0, keepdim=True)
+    """Per-sample, per-channel spatial mean and sqrt(var + eps) of (N, C, H, W), with the
+    unbiased variance (÷ H·W − 1) as the authors' `calc_mean_std` and spec/qagan.md section 1
+    (a 1×1 map: variance 0, as `qagan_jax.models.channel_stats`)."""
+    correction = 1 if x.shape[2] * x.shape[3] > 1 else 0
+    var, mean = torch.var_mean(x, dim=(2, 3), correction=correction, keepdim=True)
     return mean, torch.sqrt(var + STAT_EPS)
 
 

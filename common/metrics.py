@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from piea_jax.filters import luminance
+from common.color import hls_saturation, luminance
 
 SSIM_WINDOW = 7
 SSIM_K1, SSIM_K2 = 0.01, 0.03
@@ -113,15 +113,6 @@ def sample_patches(image, *, key) -> jax.Array:
         for oy, ox in offsets:
             patches.append(jax.lax.dynamic_slice(small, (oy, ox, 0), (PATCH_SIZE, PATCH_SIZE, 3)))
     return jnp.stack(patches)
-
-
-def hls_saturation(rgb):
-    """HLS saturation of (..., 3) RGB in [0, 1]; 0 for greys (including black and white)."""
-    mx, mn = jnp.max(rgb, axis=-1), jnp.min(rgb, axis=-1)
-    chroma = mx - mn
-    lightness = (mx + mn) / 2
-    denom = jnp.where(lightness < 0.5, mx + mn, 2.0 - mx - mn)
-    return jnp.where(chroma > 0, chroma / jnp.where(chroma > 0, denom, 1.0), 0.0)
 
 
 def patch_statistics(patches) -> jax.Array:

@@ -33,7 +33,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from common import xla_options
+from piea_jax.filters import clip_passing_bounds
 from piea_jax.params import FILTER_ORDER, apply_filters, initial_raw_params, to_physical
+from piea_jax.rendering import render_images
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +92,12 @@ class EnhanceResult:
 
 
 def render(image, physical, order: Sequence[str] = FILTER_ORDER) -> jax.Array:
-    """The filter chain on ONE image (H, W, 3) with physical parameters, clipped to [0, 1]."""
-    return jnp.clip(apply_filters(image, physical, order), 0.0, 1.0)
+    """The filter chain on ONE image (H, W, 3) with physical parameters, clipped to [0, 1].
+
+    The clip passes the whole gradient for a value exactly on 0 or 1 and none outside
+    (spec/piea.md §2): the filters leave highlights exactly on 1.0 at PIEA's start.
+    """
+    return clip_passing_bounds(apply_filters(image, physical, order), 0.0, 1.0)
 
 
 def loss_and_score(raw, image, guider, order: Sequence[str] = FILTER_ORDER):
@@ -172,7 +178,10 @@ def compiled_search(devices: Sequence[jax.Device]):
 
 @functools.partial(jax.jit, static_argnames=("order",))
 def _render_batch(images, physical, order):
-    """Render (..., H, W, 3) images of one shape with parameters of matching leading axes."""
+    """Render (..., H, W, 3) images of one shape with parameters of matching leading axes.
+
+    (`enhance` renders with `piea_jax.rendering.render_images`; this direct form is kept for
+    benchmarks that time the plain vmapped chain.)"""
     fn = functools.partial(render, order=order)
     for _ in range(images.ndim - 3):
         fn = jax.vmap(fn)
@@ -332,19 +341,7 @@ def enhance(
         )
     raw, params, params_t, scores, losses = outputs
 
-    if len(set(shapes)) == 1:
-        final = _render_batch(
-            _with_rates(np.stack(originals), learning_rates), params, tuple(order)
-        )
-    else:
-        final = [
-            _render_batch(
-                _with_rates(x, learning_rates),
-                jax.tree.map(lambda p, i=i: p[:, i] if sweep else p[i], params),
-                tuple(order),
-            )
-            for i, x in enumerate(originals)
-        ]
+    final = _render_full_resolution(originals, params, tuple(order), learning_rates, mesh)
     return EnhanceResult(
         images=final,
         params=params,
@@ -355,12 +352,23 @@ def enhance(
     )
 
 
-def _with_rates(images: np.ndarray, learning_rates: jax.Array) -> jax.Array:
-    """Images with a leading rate axis added for a learning-rate sweep (one copy per rate)."""
-    images = jnp.asarray(images)
+def _render_full_resolution(originals, params, order, learning_rates, mesh):
+    """The final images: (N, H, W, 3) (or (K, N, H, W, 3) for a sweep of K rates) when all
+    inputs have one shape, else a list of N arrays (H_i, W_i, 3) (or (K, H_i, W_i, 3)).
+    Rendered by `piea_jax.rendering.render_images`: one compiled program whatever the sizes,
+    spread over `mesh`'s devices."""
+    n = len(originals)
+    rates = learning_rates.shape[0] if learning_rates.ndim == 1 else 1
+    batch_ndim = learning_rates.ndim + 1  # (images) or (rates, images)
+    flat = jax.tree.map(lambda p: np.asarray(p).reshape(rates * n, *p.shape[batch_ndim:]), params)
+    rendered = render_images(originals * rates, flat, order=order, mesh=mesh)
+    by_rate = [rendered[k * n : (k + 1) * n] for k in range(rates)]  # [rate][image]
+    if len({x.shape for x in originals}) == 1:
+        stacked = np.stack([np.stack(images) for images in by_rate])
+        return jnp.asarray(stacked if learning_rates.ndim == 1 else stacked[0])
     if learning_rates.ndim == 1:
-        images = jnp.broadcast_to(images, (learning_rates.shape[0], *images.shape))
-    return images
+        return [jnp.asarray(np.stack([by_rate[k][i] for k in range(rates)])) for i in range(n)]
+    return [jnp.asarray(x) for x in by_rate[0]]
 
 
 def _shard(mesh: Mesh, previews, raw0, learning_rates, guider):

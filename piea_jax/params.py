@@ -38,6 +38,18 @@ RAW_SHAPES = {
     "color_curve": (3, filters.CURVE_SEGMENTS),
 }
 
+# Shapes of the physical parameters the filters take (what `to_physical` returns).
+PHYSICAL_SHAPES = {
+    "exposure": (),
+    "gamma": (),
+    "white_balance": (3,),
+    "saturation": (),
+    "tone_curve": (filters.CURVE_SEGMENTS,),
+    "contrast": (),
+    "black_and_white": (),
+    "color_curve": (3, filters.CURVE_SEGMENTS),
+}
+
 # Bounds of the mappings below (EXPOSURE's ranges).
 MAX_EXPOSURE_EV = 3.5  # ev ∈ (−3.5, 3.5)
 MAX_LOG3_GAMMA = 1.0  # g ∈ (1/3, 3)

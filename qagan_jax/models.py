@@ -29,6 +29,9 @@ DECODER_CHANNELS = (64, 128, 256, 512)  # decoder widths at levels 1..4 (the VGG
 DISC_CHANNELS = (32, 64, 128, 256, 512)
 DISC_KERNELS = (7, 7, 7, 5, 5)
 STAT_EPS = 1e-5  # sigma = sqrt(var + eps) [U]
+# Delta degrees of freedom of that variance: 1 = unbiased (÷ N − 1), as the authors'
+# `calc_mean_std` (torch's default `var`); 0 = biased (÷ N). spec/qagan.md section 1.
+STAT_DDOF = 1
 
 # LeakyReLU(0.2) gain-corrected He init (fan-in); bias zero.
 _conv_init = jax.nn.initializers.variance_scaling(2.0 / (1.0 + 0.2**2), "fan_in", "normal")
@@ -39,16 +42,25 @@ def act(x: jax.Array) -> jax.Array:
     return jax.nn.leaky_relu(x, 0.2)
 
 
-def channel_stats(x: jax.Array, eps: float = STAT_EPS) -> tuple[jax.Array, jax.Array]:
-    """Per-sample, per-channel spatial mean and sqrt(var + eps) of (N, H, W, C) -> (N,1,1,C)."""
+def channel_stats(
+    x: jax.Array, eps: float = STAT_EPS, ddof: int = STAT_DDOF
+) -> tuple[jax.Array, jax.Array]:
+    """Per-sample, per-channel spatial mean and sqrt(var + eps) of (N, H, W, C) -> (N,1,1,C).
+
+    var = Σ (x − mean)² / (H·W − ddof): ddof 1 (default) is the unbiased variance of the
+    authors' `calc_mean_std`, 0 the biased one. When H·W − ddof ≤ 0 (a 1×1 map with ddof 1)
+    the divisor is 1 instead: the variance is then 0 (sigma = sqrt(eps)), never 0/0 = NaN.
+    """
+    n = x.shape[1] * x.shape[2]
     mean = jnp.mean(x, axis=(1, 2), keepdims=True)
-    var = jnp.var(x, axis=(1, 2), keepdims=True)
+    # jnp.var centres before squaring (no E[x²] − E[x]² cancellation); rescale its ÷ N.
+    var = jnp.var(x, axis=(1, 2), keepdims=True) * (n / max(n - ddof, 1))
     return mean, jnp.sqrt(var + eps)
 
 
-def mean_variance_norm(x: jax.Array) -> jax.Array:
+def mean_variance_norm(x: jax.Array, ddof: int = STAT_DDOF) -> jax.Array:
     """Instance normalisation without affine parameters (AdaIN / SANet's `mean_variance_norm`)."""
-    mean, std = channel_stats(x)
+    mean, std = channel_stats(x, ddof=ddof)
     return (x - mean) / std
 
 
@@ -114,7 +126,8 @@ class QAM(nnx.Module):
     `f_h` (N, Hh, Wh, C): features of the high-quality image; `f_l` (N, Hl, Wl, C): features
     of the low-quality reference (any spatial size). Returns (N, Hh, Wh, C) on f_h's grid whose
     per-sample, per-channel spatial mean and sqrt(var + 1e-5) equal those of `f_l` up to the
-    eps (the channel-statistics transfer is the last operation, paper Eq. 5).
+    eps (the channel-statistics transfer is the last operation, paper Eq. 5), var with
+    `stat_ddof` (1: unbiased, as `channel_stats`).
 
     Flags ([choice], defaults first):
       normalization: "nonlocal" - for each position i of f_h a softmax over the positions j of
@@ -123,6 +136,7 @@ class QAM(nnx.Module):
       normalize_inputs: False; True mean-variance-normalises f_h and f_l before the similarity
         projections W_theta and W_v [S] (the value projection W_phi sees raw f_l).
       scale_logits: False; True scales the similarity logits by 1/sqrt(C').
+      stat_ddof: 1 (unbiased variance, the authors'); 0 biased. See `channel_stats`.
     """
 
     def __init__(
@@ -133,6 +147,7 @@ class QAM(nnx.Module):
         residual: bool = False,
         normalize_inputs: bool = False,
         scale_logits: bool = False,
+        stat_ddof: int = STAT_DDOF,
         rngs: nnx.Rngs,
     ):
         if normalization not in ("nonlocal", "literal"):
@@ -143,6 +158,7 @@ class QAM(nnx.Module):
         self.residual = residual
         self.normalize_inputs = normalize_inputs
         self.scale_logits = scale_logits
+        self.stat_ddof = stat_ddof
         # 1x1 convs; torch Conv2d(C, C', 1) maps to kernel[0, 0] = weight[:, :, 0, 0].T.
         # Biases that cancel exactly get none: they would receive zero gradient in exact
         # arithmetic, so Adam would random-walk them by +-lr per step on float noise. W_o's bias
@@ -161,8 +177,9 @@ class QAM(nnx.Module):
         n, hh, wh, c = f_h.shape
         if f_l.shape[0] != n or f_l.shape[-1] != c:
             raise ValueError(f"QAM inputs disagree: f_h {f_h.shape}, f_l {f_l.shape}")
-        q_in = mean_variance_norm(f_h) if self.normalize_inputs else f_h
-        k_in = mean_variance_norm(f_l) if self.normalize_inputs else f_l
+        ddof = self.stat_ddof
+        q_in = mean_variance_norm(f_h, ddof) if self.normalize_inputs else f_h
+        k_in = mean_variance_norm(f_l, ddof) if self.normalize_inputs else f_l
         theta = self.theta(q_in).reshape(n, hh * wh, self.reduced)
         key = self.v(k_in).reshape(n, -1, self.reduced)
         value = self.phi(f_l).reshape(n, -1, self.reduced)
@@ -185,8 +202,8 @@ class QAM(nnx.Module):
         if self.residual:
             f_tilde = f_h + f_tilde
         # Channel-statistics transfer, the last operation [P, Eq. 5].
-        mu_t, sigma_t = channel_stats(f_tilde)
-        mu_l, sigma_l = channel_stats(f_l)
+        mu_t, sigma_t = channel_stats(f_tilde, ddof=ddof)
+        mu_l, sigma_l = channel_stats(f_l, ddof=ddof)
         return sigma_l * (f_tilde - mu_t) / sigma_t + mu_l
 
 
@@ -212,6 +229,7 @@ class Decoder(nnx.Module):
         widths: Sequence[int] = DECODER_CHANNELS,
         upsample: str = "nearest",
         normalize_skips: bool = False,
+        stat_ddof: int = STAT_DDOF,
         rngs: nnx.Rngs,
     ):
         d1, d2, d3, d4 = widths
@@ -228,6 +246,7 @@ class Decoder(nnx.Module):
         self.skip_levels = tuple(lv for lv in self.levels if skip_channels.get(lv, 0))
         self.upsample = upsample
         self.normalize_skips = normalize_skips
+        self.stat_ddof = stat_ddof
         self.num_convs = tuple(len(plan[lv]) for lv in self.levels)  # hashable: keys jit caches
         ch = in_channels
         for lv in self.levels:
@@ -240,7 +259,7 @@ class Decoder(nnx.Module):
         for lv, num_convs in zip(self.levels, self.num_convs, strict=True):
             if lv in self.skip_levels:
                 s = skips[lv]
-                s = mean_variance_norm(s) if self.normalize_skips else s
+                s = mean_variance_norm(s, self.stat_ddof) if self.normalize_skips else s
                 x = jnp.concatenate([x, s], axis=-1)
             for i in range(1, num_convs + 1):
                 x = getattr(self, f"conv{lv}_{i}")(x)
@@ -266,6 +285,7 @@ class GeneratorH(nnx.Module):
       upsample: "nearest" [S] | "bilinear".
       global_residual: [choice] False; True returns clip(tanh + x_l, -1, 1) [U].
       normalize_skips: [choice] False; True mean-variance-normalises skips before concat.
+      stat_ddof: variance of that normalisation: 1 unbiased (default), 0 biased.
     """
 
     def __init__(
@@ -276,6 +296,7 @@ class GeneratorH(nnx.Module):
         upsample: str = "nearest",
         global_residual: bool = False,
         normalize_skips: bool = False,
+        stat_ddof: int = STAT_DDOF,
         rngs: nnx.Rngs,
     ):
         e1, e2, e3, e4, e5 = feat_channels
@@ -287,6 +308,7 @@ class GeneratorH(nnx.Module):
             widths=_scaled(DECODER_CHANNELS, width),
             upsample=upsample,
             normalize_skips=normalize_skips,
+            stat_ddof=stat_ddof,
             rngs=rngs,
         )
 
@@ -307,7 +329,8 @@ class GeneratorL(nnx.Module):
     low-quality reference x_R (same spatial size). Q5 = QAM(h5, r5), Q4 = QAM(h4, r4);
     F = conv3(Q4 + up(Q5)) (no activation, as SANet's merge conv); then the decoder of G_H from
     level 4 (first conv without skip) with skips h3, h2, h1 unless `skips=False` [choice].
-    `qam_kwargs` are the QAM flags (see `QAM`).
+    `qam_kwargs` are the QAM flags (see `QAM`); `stat_ddof` (1 unbiased, 0 biased) is the
+    variance of every channel statistic here (the QAMs' Eq. 5 and the skip normalisation).
     """
 
     def __init__(
@@ -319,13 +342,14 @@ class GeneratorL(nnx.Module):
         skips: bool = True,
         normalize_skips: bool = False,
         qam_kwargs: Mapping[str, object] | None = None,
+        stat_ddof: int = STAT_DDOF,
         rngs: nnx.Rngs,
     ):
         e1, e2, e3, e4, e5 = feat_channels
         if e4 != e5:
             raise ValueError(f"Q4 + up(Q5) needs relu4_1 and relu5_1 widths equal: {e4}, {e5}")
         widths = _scaled(DECODER_CHANNELS, width)
-        qam_kwargs = dict(qam_kwargs or {})
+        qam_kwargs = dict(qam_kwargs or {}, stat_ddof=stat_ddof)
         self.upsample = upsample
         self.qam5 = QAM(e5, **qam_kwargs, rngs=rngs)
         self.qam4 = QAM(e4, **qam_kwargs, rngs=rngs)
@@ -337,6 +361,7 @@ class GeneratorL(nnx.Module):
             widths=widths,
             upsample=upsample,
             normalize_skips=normalize_skips,
+            stat_ddof=stat_ddof,
             rngs=rngs,
         )
 

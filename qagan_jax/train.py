@@ -58,6 +58,7 @@ class Generators(nnx.Module):
             upsample=model_cfg.upsample,
             global_residual=model_cfg.global_residual,
             normalize_skips=model_cfg.normalize_skips,
+            stat_ddof=model_cfg.stat_ddof,
             rngs=rngs,
         )
         self.g_l = models.GeneratorL(
@@ -72,6 +73,7 @@ class Generators(nnx.Module):
                 normalize_inputs=model_cfg.qam_normalize_inputs,
                 scale_logits=model_cfg.qam_scale_logits,
             ),
+            stat_ddof=model_cfg.stat_ddof,
             rngs=rngs,
         )
 

@@ -308,3 +308,164 @@ def test_to_physical_passes_leading_batch_axes_through():
     batched, mapped = piea_jax.to_physical(raw), jax.vmap(piea_jax.to_physical)(raw)
     for name in piea_jax.FILTER_ORDER:
         np.testing.assert_allclose(batched[name], mapped[name], err_msg=name)
+
+
+def test_describe_hides_changes_too_small_to_see():
+    from piea_jax.strategy import VISIBLE_CHANGE
+
+    physical = piea_jax.to_physical(piea_jax.initial_raw_params())
+    tiny = np.array([0.99, 1.0, 1.01, 1.0, 0.995, 1.0, 1.005, 1.0])  # moves values < 1/255
+    colour = np.ones((3, 8))
+    colour[1] = [1, 1, 1, 1, 1.2, 0.8, 1, 1]  # green moves visibly, red and blue not at all
+    physical = {**physical, "tone_curve": tiny, "color_curve": colour, "contrast": 0.004}
+    text = piea_jax.describe(physical)
+    assert text == "Exposure +1.00 EV, Colour curve G 1.00/1.00/1.00/1.00/1.20/0.80/1.00/1.00"
+    # The threshold is on the change in values: an exposure just under it is hidden.
+    hidden = float(np.log2(1 + 0.9 * VISIBLE_CHANGE))
+    shown = float(np.log2(1 + 1.1 * VISIBLE_CHANGE))
+    assert piea_jax.describe({"exposure": hidden}) == "Identity (no change)"
+    assert piea_jax.describe({"exposure": shown}) == f"Exposure +{shown:.2f} EV"
+
+
+# --- the gradient at a clamp bound (spec/piea.md §2) ------------------------------------------
+# Every clamp passes the whole gradient for a value exactly on a bound (the gradient of the same
+# expression without the clamp, i.e. the one-sided derivative from inside) and none strictly
+# outside, as tf.clip_by_value and torch.clamp; jnp.clip passes half at a tie.
+
+
+def test_clip_passing_bounds_values_and_gradients():
+    x = jnp.array([-0.5, 0.0, 0.3, 1.0, 1.5, jnp.nan])
+    clip = filters.clip_passing_bounds
+    np.testing.assert_array_equal(clip(x, 0.0, 1.0), jnp.clip(x, 0.0, 1.0))
+    grad = jax.grad(lambda v, *b: jnp.sum(clip(v, *b)))
+    np.testing.assert_array_equal(grad(x[:5], 0.0, 1.0), [0, 1, 1, 1, 0])
+    np.testing.assert_array_equal(grad(x[:5], 0.0, None), [0, 1, 1, 1, 1])
+    np.testing.assert_array_equal(grad(x[:5], None, 1.0), [1, 1, 1, 1, 0])
+
+
+def _inside_derivative(f, x, index, direction):
+    """Second-order one-sided float64 difference of scalar f at x along e_index, from the side
+    `direction` (-1: from below, +1: from above): the derivative of the unclamped expression
+    when the other side is clamped."""
+    step = np.zeros_like(x)
+    step[index] = direction * 1e-6
+    return float(direction * (4 * f(x + step) - f(x + 2 * step) - 3 * f(x)) / 2e-6)
+
+
+@pytest.mark.parametrize(
+    "name,p,pixel,channel,side",
+    [
+        # gamma: x exactly on the floor 1e-3 -> whole gradient (from above).
+        ("gamma", 0.6, [1e-3, 0.4, 0.7], 0, +1),
+        # saturation: min(x, 1) with R exactly 1 (no channel tie) -> from below.
+        ("saturation", 0.7, [1.0, 0.4, 0.2], 0, -1),
+        # contrast: lum exactly 1 (white). (At lum 0 the factor L'/(L + 1e-6) has zero slope,
+        # so no rule changes the gradient there.)
+        ("contrast", 0.6, [1.0, 1.0, 1.0], 0, -1),
+        ("contrast", 0.6, [1.0, 1.0, 1.0], 1, -1),
+        # curves: x exactly 0, an interior knot, and 1.
+        ("tone_curve", CURVE_A, [0.0, 0.25, 1.0], 0, +1),
+        ("tone_curve", CURVE_A, [0.0, 0.25, 1.0], 2, -1),
+        ("color_curve", COLOR_A, [0.0, 0.625, 1.0], 0, +1),
+        ("color_curve", COLOR_A, [0.0, 0.625, 1.0], 2, -1),
+    ],
+)
+def test_gradient_on_a_clamp_bound_is_the_unclamped_one(name, p, pixel, channel, side):
+    with jax.enable_x64(True):
+        weights = jnp.array([0.7, -1.3, 0.4])
+        x = np.array(pixel, np.float64)[None, None]
+        if name == "contrast":
+            assert float(filters.luminance(x)[0, 0]) == 1.0  # exactly on the bound
+
+        def f(image):
+            out = getattr(filters, name)(jnp.asarray(image), jnp.asarray(p, jnp.float64))
+            return jnp.sum(weights * out)
+
+        got = jax.grad(f)(x)[0, 0, channel]
+        want = _inside_derivative(f, x, (0, 0, channel), side)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "name,p,pixel",
+    [
+        ("gamma", 0.6, [5e-4, 0.4, 0.7]),
+        ("saturation", 0.7, [1.2, 0.4, 0.2]),
+        ("contrast", 0.6, [1.3, 1.1, 1.2]),
+        ("contrast", 0.6, [0.2, -0.3, 0.0]),
+        ("tone_curve", CURVE_A, [-0.1, 1.2, 3.0]),
+        ("color_curve", COLOR_A, [-0.1, 1.2, 3.0]),
+    ],
+)
+def test_gradient_strictly_outside_a_clamp_sees_a_constant(name, p, pixel):
+    """Outside the clamp the clamped value is the constant bound: the gradient equals the
+    two-sided derivative there (smooth), with no contribution through the clamp."""
+    with jax.enable_x64(True):
+        weights = jnp.array([0.7, -1.3, 0.4])
+        x = np.array(pixel, np.float64)[None, None]
+
+        def f(image):
+            out = getattr(filters, name)(jnp.asarray(image), jnp.asarray(p, jnp.float64))
+            return jnp.sum(weights * out)
+
+        got = jax.grad(f)(x)[0, 0]
+        for channel in range(3):
+            up = _inside_derivative(f, x, (0, 0, channel), +1)
+            down = _inside_derivative(f, x, (0, 0, channel), -1)
+            np.testing.assert_allclose(up, down, rtol=1e-5, atol=1e-8)  # smooth here
+            np.testing.assert_allclose(got[channel], up, rtol=1e-5, atol=1e-8)
+        if name.endswith("curve"):
+            np.testing.assert_array_equal(got, 0.0)
+
+
+def _literal_curve_and_gradients(x, t, weights):
+    """The literal curve (K/Σt) Σ_i t_i clip(x − i/K, 0, 1/K) of values x (n,) for ONE slope
+    row t, in float64 numpy, and the gradients of the loss Σ weights · T(x) in x and t under
+    torch.clamp's rule (each clip passes the whole gradient on [0, 1/K], none outside)."""
+    k, total = len(t), t.sum()
+    offsets = x[..., None] - np.arange(k) / k
+    clipped = np.clip(offsets, 0.0, 1.0 / k)
+    passes = (offsets >= 0.0) & (offsets <= 1.0 / k)
+    value = k / total * (clipped @ t)
+    d_x = k / total * (passes @ t)
+    d_t = k * (weights @ clipped) / total
+    d_t -= k * np.sum(weights * (clipped @ t)) / total**2
+    return value, weights * d_x, d_t
+
+
+def test_curves_match_the_literal_form_on_knots_bounds_and_outside():
+    """The O(1) curve against the literal sum with torch.clamp semantics, float64: values and
+    gradients (in x and in the slopes) on 0, every interior knot i/K, 1, strictly outside
+    [0, 1] and in between. At an interior knot two segments sit on a bound at once, so the
+    literal gradient in x is (t_{i−1} + t_i) K/Σt."""
+    k = filters.CURVE_SEGMENTS
+    column = np.concatenate([[-0.3, -1e-9], np.arange(k + 1) / k, [0.3, 0.77, 1 + 1e-9, 1.4]])
+    rng = np.random.default_rng(0)
+    x = np.stack([column, column[::-1], rng.permutation(column)], axis=-1)  # (n, 3)
+    weights = rng.normal(size=x.shape)
+    color = np.asarray(COLOR_A) * np.array([[1.0], [0.95], [1.05]]) + 0.02 * np.arange(k)
+    with jax.enable_x64(True):
+        for name, slopes in (("tone_curve", np.asarray(CURVE_B)), ("color_curve", color)):
+            f = getattr(filters, name)
+
+            def loss(image, s, f=f):
+                return jnp.sum(jnp.asarray(weights) * f(image, s))
+
+            got = f(jnp.asarray(x), jnp.asarray(slopes))
+            g_x, g_t = jax.grad(loss, argnums=(0, 1))(jnp.asarray(x), jnp.asarray(slopes))
+            rows = [slopes] * 3 if slopes.ndim == 1 else list(slopes)
+            want = [_literal_curve_and_gradients(x[:, c], rows[c], weights[:, c]) for c in range(3)]
+            np.testing.assert_allclose(got, np.stack([w[0] for w in want], -1), atol=1e-14)
+            np.testing.assert_allclose(g_x, np.stack([w[1] for w in want], -1), atol=1e-12)
+            want_t = sum(w[2] for w in want) if slopes.ndim == 1 else np.stack([w[2] for w in want])
+            np.testing.assert_allclose(g_t, want_t, atol=1e-12)
+
+
+def test_render_clip_passes_the_whole_gradient_on_0_and_1():
+    from piea_jax.enhance import render
+
+    x = jnp.array([[[-0.2, 0.0, 0.5], [1.0, 1.3, 1.0]]])
+    out = render(x, {}, order=())
+    np.testing.assert_array_equal(out, jnp.clip(x, 0.0, 1.0))
+    grad = jax.grad(lambda v: jnp.sum(render(v, {}, order=())))(x)
+    np.testing.assert_array_equal(grad, [[[0.0, 1.0, 1.0], [1.0, 0.0, 1.0]]])

@@ -17,7 +17,14 @@ import pytest
 from PIL import Image, ImageFile, features
 
 from common import images
-from common.images import ImageLoadError, list_images, load_image, save_image, to_uint8
+from common.images import (
+    ImageLoadError,
+    list_images,
+    load_image,
+    save_image,
+    to_uint8,
+    to_uint16,
+)
 
 H, W = 5, 7
 
@@ -27,8 +34,11 @@ def rgb_pattern() -> np.ndarray:
     return (np.arange(H * W * 3).reshape(H, W, 3) * 2 + 1).astype(np.uint8)
 
 
-def png_bytes(width: int, height: int, bit_depth: int, colour_type: int, rows: bytes) -> bytes:
-    """A PNG file from raw scanlines (filter byte 0 is added per row)."""
+def png_bytes(
+    width: int, height: int, bit_depth: int, colour_type: int, rows: bytes, extra=()
+) -> bytes:
+    """A PNG file from raw scanlines (each row starting with its filter byte), with `extra`
+    (kind, data) chunks before the image data."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         crc = zlib.crc32(kind + data) & 0xFFFFFFFF
@@ -38,13 +48,14 @@ def png_bytes(width: int, height: int, bit_depth: int, colour_type: int, rows: b
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", header)
+        + b"".join(chunk(kind, data) for kind, data in extra)
         + chunk(b"IDAT", zlib.compress(rows))
         + chunk(b"IEND", b"")
     )
 
 
 def write_png16(path, samples: np.ndarray, colour_type: int) -> None:
-    """Writes a 16-bit PNG (Pillow cannot write 16-bit colour)."""
+    """Writes a 16-bit PNG by hand (independent of the writers under test)."""
     height, width = samples.shape[:2]
     big_endian = samples.astype(">u2").reshape(height, -1)
     rows = b"".join(b"\x00" + row.tobytes() for row in big_endian)
@@ -139,28 +150,78 @@ def test_float_tiff_is_clipped_grey(tmp_path):
     np.testing.assert_array_equal(image[0, :, 1], [0.0, 0.25, 1.0, 0.0, 0.75])
 
 
-def test_16_bit_rgb_png_is_what_pillow_exposes_8_bits_with_a_warning(tmp_path, caplog):
-    # Pillow 13 has no 16-bit colour mode: it unpacks 16-bit RGB PNG to 8-bit RGB (high byte).
-    rgb16 = (np.arange(H * W * 3).reshape(H, W, 3) * 601 + 7).astype(np.uint16)
-    path = tmp_path / "rgb16.png"
-    write_png16(path, rgb16, colour_type=2)
+def rgb16_pattern(channels: int = 3) -> np.ndarray:
+    """An (H, W, channels) uint16 image whose values are not multiples of 257 (an 8-bit path
+    would change them)."""
+    values = np.arange(H * W * channels).reshape(H, W, channels) * 601 + 7
+    values = (values % 65536).astype(np.uint16)
+    assert np.mean(values % 257 != 0) > 0.9
+    return values
+
+
+@pytest.mark.parametrize("colour_type, channels", [(2, 3), (6, 4), (4, 2)])
+def test_16_bit_colour_png_keeps_all_16_bits(tmp_path, caplog, colour_type, channels):
+    # RGB, RGBA (alpha dropped) and grey + alpha (grey replicated, alpha dropped).
+    samples = rgb16_pattern(channels)
+    path = tmp_path / "colour16.png"
+    write_png16(path, samples, colour_type=colour_type)
     with caplog.at_level(logging.WARNING, logger="common.images"):
         image = load_image(path)
     assert_rgb_float(image)
-    np.testing.assert_array_equal(image, (rgb16 >> 8).astype(np.float32) / 255)
-    assert "rgb16.png" in caplog.text and "8-bit" in caplog.text
+    expected = samples[..., :3] if channels > 2 else np.repeat(samples[..., :1], 3, -1)
+    np.testing.assert_array_equal(image, expected.astype(np.float32) / 65535)
+    assert caplog.text == ""
 
 
-def test_16_bit_rgb_tiff_loads_with_a_warning(tmp_path, caplog):
+@pytest.mark.parametrize(
+    "layout",
+    [
+        {},
+        {"compression": "lzw"},
+        {"compression": "zlib"},
+        {"planarconfig": "separate"},
+        {"extrasamples": ["unassalpha"]},
+    ],
+    ids=["plain", "lzw", "deflate", "planar", "alpha"],
+)
+def test_16_bit_rgb_tiff_keeps_all_16_bits(tmp_path, caplog, layout):
     tifffile = pytest.importorskip("tifffile")
-    rgb16 = (np.arange(H * W * 3).reshape(H, W, 3) * 601 + 7).astype(np.uint16)
+    channels = 4 if "extrasamples" in layout else 3
+    samples = rgb16_pattern(channels)
+    stored_samples = np.moveaxis(samples, -1, 0) if "planarconfig" in layout else samples
     path = tmp_path / "rgb16.tif"
-    tifffile.imwrite(path, rgb16, photometric="rgb")
+    tifffile.imwrite(path, stored_samples, photometric="rgb", **layout)
     with caplog.at_level(logging.WARNING, logger="common.images"):
         image = load_image(path)
     assert_rgb_float(image)
-    np.testing.assert_allclose(image, rgb16 / 65535, atol=1 / 255)
-    assert "8-bit" in caplog.text
+    np.testing.assert_array_equal(image, samples[..., :3].astype(np.float32) / 65535)
+    assert caplog.text == ""
+
+
+def test_16_bit_png_gets_its_exif_orientation(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    payload = exif.tobytes()
+    payload = payload[6:] if payload.startswith(b"Exif\x00\x00") else payload
+    samples = rgb16_pattern()
+    rows = b"".join(b"\x00" + row.tobytes() for row in samples.astype(">u2").reshape(H, -1))
+    path = tmp_path / "rotated16.png"
+    path.write_bytes(png_bytes(W, H, 16, 2, rows, extra=[(b"eXIf", payload)]))
+    image = load_image(path)
+    expected = ORIENTED[6](samples) / np.float32(65535)
+    assert_rgb_float(image, expected.shape)
+    np.testing.assert_array_equal(image, expected)
+
+
+def test_truncated_16_bit_png_is_refused(tmp_path):
+    full = tmp_path / "full16.png"
+    noise = np.random.default_rng(0).integers(0, 65536, (48, 64, 3), dtype=np.uint16)
+    write_png16(full, noise, colour_type=2)
+    data = full.read_bytes()
+    path = tmp_path / "truncated16.png"
+    path.write_bytes(data[: len(data) // 2])
+    error = load_error(path)
+    assert str(error).startswith(f"{path}: ")
 
 
 def test_8_bit_rgb_logs_no_precision_warning(tmp_path, caplog):
@@ -400,6 +461,43 @@ def test_lossless_round_trip_is_exact(tmp_path, suffix):
     path = save_image(tmp_path / f"out{suffix}", rgb_pattern())
     assert path == tmp_path / f"out{suffix}"
     np.testing.assert_array_equal(to_uint8(load_image(path)), rgb_pattern())
+
+
+def test_to_uint16_rounds_half_up_scales_and_clips():
+    k = np.arange(65536)
+    np.testing.assert_array_equal(to_uint16(k / 65535), k)
+    np.testing.assert_array_equal(to_uint16((k[:-1] + 0.6) / 65535), k[1:])
+    np.testing.assert_array_equal(to_uint16(np.array([-1.0, 2.0, np.nan])), [0, 65535, 0])
+    np.testing.assert_array_equal(to_uint16(np.array([0, 1, 255], np.uint8)), [0, 257, 65535])
+    with pytest.raises(TypeError):
+        to_uint16(np.arange(4, dtype=np.int32))
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16_bit_round_trip_of_a_gradient_keeps_more_than_8_bits(tmp_path, suffix):
+    ramp = np.linspace(0.0, 1.0, 4096, dtype=np.float32).reshape(64, 64)
+    gradient = np.stack([ramp, ramp.T, 1.0 - ramp], axis=-1)
+    path = save_image(tmp_path / f"gradient{suffix}", gradient, bit_depth=16)
+    back = load_image(path)
+    assert back.shape == gradient.shape
+    assert len(np.unique(back[..., 0])) == 4096  # 8 bits would leave 256 levels
+    np.testing.assert_allclose(back, gradient, atol=0.5 / 65535 + 1e-7)
+    samples = rgb16_pattern()
+    np.testing.assert_array_equal(
+        to_uint16(load_image(save_image(tmp_path / f"exact{suffix}", samples, bit_depth=16))),
+        samples,
+    )  # uint16 values round-trip exactly
+    grey = load_image(save_image(tmp_path / f"grey{suffix}", ramp, bit_depth=16))
+    np.testing.assert_allclose(grey, np.repeat(ramp[..., None], 3, -1), atol=0.5 / 65535 + 1e-7)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".bmp", ".webp"])
+def test_16_bits_are_refused_for_8_bit_formats(tmp_path, suffix):
+    with pytest.raises(ValueError, match="cannot hold 16 bits"):
+        save_image(tmp_path / f"out{suffix}", rgb_pattern(), bit_depth=16)
+    with pytest.raises(ValueError, match="bit_depth"):
+        save_image(tmp_path / "out.png", rgb_pattern(), bit_depth=12)
+    assert os.listdir(tmp_path) == []
 
 
 def test_float_and_jax_and_grey_inputs(tmp_path):

@@ -123,6 +123,138 @@ def test_demo_runs(tmp_path):
         assert (tmp_path / f"{name}.input.png").exists() and (tmp_path / f"{name}.png").exists()
 
 
+# --- Polish, presets, 16-bit outputs, devices and processes (issue 12) ---------------------------
+
+
+def test_no_backend_noise_and_the_final_progress_line_once(corpus_run):
+    proc, _, _ = corpus_run
+    assert "Unable to initialize backend" not in proc.stderr
+    assert proc.stderr.count("2/2 [") <= 1, proc.stderr  # the bar's last state, not repeated
+
+
+def _pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def test_four_devices_give_the_outputs_of_one(corpus_run, corpus, tmp_path):
+    _, one_device, _ = corpus_run  # a subprocess: one CPU device
+    inputs = [str(corpus / "coffee.png"), str(corpus / "cat.jpg")]
+    args = [*inputs, "--out", str(tmp_path), "--steps", "2", "--batch-size", "2"]
+    assert _run_in_process(args) == 0  # this process: 4 fake CPU devices (conftest)
+    for name in ("coffee", "cat"):
+        four = json.loads((tmp_path / f"{name}.strategy.json").read_text())["filters"]
+        one = json.loads((one_device / f"{name}.strategy.json").read_text())["filters"]
+        for key in FILTER_ORDER:
+            np.testing.assert_allclose(four[key], one[key], atol=2e-5, err_msg=key)
+        diff = np.abs(_pixels(tmp_path / f"{name}.png") - _pixels(one_device / f"{name}.png"))
+        assert diff.max() <= 1 and diff.mean() < 0.01
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--out", "{file}"], "--out {file}: exists and is not a folder"),
+        (["--out", "{file}/sub"], "is a file, not a folder"),
+        (["--out", "{tmp}/o", "--apply-preset", "{tmp}/missing.json"], "preset file not found"),
+        (["--out", "{tmp}/o", "--save-preset", "{file}"], "file exists"),
+        (["--out", "{tmp}/o", "--save-preset", "{input}", "--overwrite"], "is an input file"),
+    ],
+)
+def test_bad_path_arguments_are_one_line_errors(corpus, tmp_path, capsys, extra, message):
+    file = tmp_path / "a_file.txt"
+    file.write_text("mine")
+    fill = {"file": str(file), "tmp": str(tmp_path), "input": str(corpus / "coffee.png")}
+    before = (corpus / "coffee.png").read_bytes()
+    args = [str(corpus / "coffee.png"), *[a.format(**fill) for a in extra]]
+    assert _run_in_process(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message.format(**fill) in err
+    assert file.read_text() == "mine" and not (tmp_path / "o").exists()
+    assert (corpus / "coffee.png").read_bytes() == before
+
+
+def test_no_readable_input_creates_no_out_folder(corpus, tmp_path, capsys):
+    out = tmp_path / "never"
+    args = [str(corpus / "empty.png"), str(corpus / "notes.jpg"), "--out", str(out)]
+    assert _run_in_process(args) == 1
+    assert not out.exists()
+    assert "not created" in capsys.readouterr().err
+
+
+def test_save_a_preset_then_apply_it_at_16_bits_to_other_sizes(corpus, tmp_path, capsys):
+    from common.images import load_image
+    from piea_jax.enhance import render
+    from piea_jax.presets import load_preset
+
+    preset_path = tmp_path / "look.json"
+    args = [str(corpus / "coffee.png"), "--out", str(tmp_path / "search"), "--steps", "1"]
+    assert _run_in_process([*args, "--save-preset", str(preset_path)]) == 0
+    preset = load_preset(preset_path)
+    record = json.loads((tmp_path / "search" / "coffee.strategy.json").read_text())
+    assert preset.source == str(corpus / "coffee.png") and preset.guider == record["guider"]
+    for name in FILTER_ORDER:  # the JSON rounds to 6 decimals; the preset keeps float32
+        np.testing.assert_allclose(preset.filters[name], record["filters"][name], atol=1e-6)
+
+    out = tmp_path / "applied"
+    args = [str(corpus / "cat.jpg"), str(corpus / "coffee.png"), "--out", str(out)]
+    assert _run_in_process([*args, "--apply-preset", str(preset_path), "--bit-depth", "16"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["cat.png", "coffee.png"]  # images only
+    for name, source in (("cat", "cat.jpg"), ("coffee", "coffee.png")):
+        written = load_image(out / f"{name}.png")
+        expected = np.asarray(render(load_image(corpus / source), preset.filters))
+        np.testing.assert_allclose(written, expected, atol=0.5 / 65535 + 1e-6, rtol=0)
+        assert (out / f"{name}.png").read_bytes()[24] == 16  # the PNG header's bit depth
+        levels = written * 255
+        assert np.any(np.abs(levels - np.round(levels)) > 0.01)  # finer than 8-bit steps
+
+    capsys.readouterr()
+    two = [str(corpus / "cat.jpg"), str(corpus / "coffee.png"), "--out", str(tmp_path / "x")]
+    assert _run_in_process([*two, "--save-preset", str(tmp_path / "two.json")]) == 2
+    assert "one image" in capsys.readouterr().err and not (tmp_path / "two.json").exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_split_a_corpus_without_overlap_or_gaps(tmp_path):
+    import os
+
+    from piea_jax.presets import make_preset, save_preset
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = [f"img{k}" for k in range(7)]
+    for k, name in enumerate(names):
+        Image.fromarray(np.full((8 + k, 12, 3), 20 * k, np.uint8)).save(folder / f"{name}.png")
+    preset = save_preset(
+        tmp_path / "p.json", make_preset({"exposure": np.float32(1.0)}, order=("exposure",))
+    )
+    out = tmp_path / "out"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_PROCESSES": "2"}
+    env["JAX_COORDINATOR_ADDRESS"] = f"127.0.0.1:{_free_port()}"
+    cmd = [sys.executable, "-m", "experiments.piea_enhance", str(folder), "--out", str(out)]
+    cmd += ["--apply-preset", str(preset), "--distributed"]
+    procs = [
+        subprocess.Popen(
+            cmd, cwd=ROOT, env={**env, "JAX_PROCESS_ID": str(k)}, stderr=subprocess.PIPE, text=True
+        )
+        for k in range(2)
+    ]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    counts = []
+    for k, err in enumerate(errs):
+        line = next(x for x in err.splitlines() if f"process {k} of 2:" in x)
+        counts.append(int(line.split(": ")[1].split(" of ")[0]))
+    assert sorted(counts) == [3, 4]  # 7 files: contiguous slices of 3 and 4
+    assert sorted(p.stem for p in out.iterdir()) == names  # each once, none skipped
+
+
 # --- NIMA guider from a checkpoint -----------------------------------------------------------
 
 

@@ -137,9 +137,12 @@ def test_qam_output_statistics_equal_f_l(flags):
     out = run(qam, f_h, f_l)
     assert out.shape == f_h.shape
     np.testing.assert_allclose(out.mean(axis=(1, 2)), f_l.mean(axis=(1, 2)), atol=1e-5)
+    # sigma with the unbiased variance (÷ N − 1), each map over its own positions (spec 1).
     eps = models.STAT_EPS
-    out_sigma = np.sqrt(np.var(out, axis=(1, 2)) + eps)
-    np.testing.assert_allclose(out_sigma, np.sqrt(np.var(f_l, axis=(1, 2)) + eps), rtol=1e-3)
+    out_sigma = np.sqrt(np.var(out, axis=(1, 2), ddof=1) + eps)
+    np.testing.assert_allclose(
+        out_sigma, np.sqrt(np.var(f_l, axis=(1, 2), ddof=1) + eps), rtol=1e-3
+    )
 
 
 def test_qam_attention_readings_differ_and_follow_the_spec():
@@ -176,13 +179,46 @@ def _qam_float64(qam, f_h, f_l):
     weights /= weights.sum(-1, keepdims=True)
     f_tilde = conv(qam.out, np.einsum("nij,njc->nic", weights, value).reshape(n, h, w, -1))
 
-    def stats(x):
+    def stats(x):  # the unbiased variance, as the authors' calc_mean_std
         return x.mean((1, 2), keepdims=True), np.sqrt(
-            x.var((1, 2), keepdims=True) + models.STAT_EPS
+            x.var((1, 2), keepdims=True, ddof=1) + models.STAT_EPS
         )
 
     (mu_t, sd_t), (mu_l, sd_l) = stats(f_tilde), stats(f_l)
     return sd_l * (f_tilde - mu_t) / sd_t + mu_l
+
+
+@pytest.mark.parametrize("ddof", [1, 0])
+def test_channel_stats_match_a_float64_reference(ddof):
+    x = np.random.default_rng(5).normal(size=(2, 5, 3, 4)) * [1.0, 1e-3, 10.0, 0.0] + 2.0
+    mean, std = models.channel_stats(jnp.asarray(x, jnp.float32), ddof=ddof)
+    want_var = x.var(axis=(1, 2), keepdims=True, ddof=ddof)
+    np.testing.assert_allclose(mean, x.mean(axis=(1, 2), keepdims=True), rtol=1e-6)
+    np.testing.assert_allclose(std, np.sqrt(want_var + models.STAT_EPS), rtol=1e-5)
+    if ddof == 1:  # the default is the unbiased form
+        np.testing.assert_array_equal(models.channel_stats(jnp.asarray(x, jnp.float32))[1], std)
+
+
+def test_channel_stats_of_a_1x1_map_have_zero_variance_not_nan():
+    """N − ddof = 0: the divisor becomes 1, so sigma = sqrt(eps) and gradients are finite."""
+    x = jnp.asarray(np.random.default_rng(6).normal(size=(2, 1, 1, 3)), jnp.float32)
+    mean, std = models.channel_stats(x)
+    np.testing.assert_array_equal(mean, x)
+    np.testing.assert_allclose(std, np.sqrt(models.STAT_EPS), rtol=1e-6)
+    grad = jax.grad(lambda v: jnp.sum(models.mean_variance_norm(v) + models.channel_stats(v)[1]))
+    assert np.all(np.isfinite(grad(x)))
+
+
+def test_generators_take_stat_ddof_from_the_config():
+    from qagan_jax import config, train
+
+    for ddof in (1, 0):
+        cfg = config.get_config("smoke").model
+        cfg.stat_ddof = ddof
+        gens = nnx.eval_shape(lambda cfg=cfg: train.Generators(TINY_FEATS, cfg, rngs=nnx.Rngs(0)))
+        users = [gens.g_h.decoder, gens.g_l.decoder, gens.g_l.qam4, gens.g_l.qam5]
+        assert [m.stat_ddof for m in users] == [ddof] * 4
+    assert config.get_config("paper").model.stat_ddof == 1
 
 
 def test_qam_is_accurate_when_attention_is_near_uniform():
