@@ -63,6 +63,24 @@ def avg_pool_exclude_pad(x, k=3, pad_=1):
     return total.sum(axis=(-2, -1)) / count.sum(axis=(-2, -1))
 
 
+def sample_images(shape, seed: int = 0) -> np.ndarray:
+    """(N, H, W, 3) float32 images in [0, 1] that differ as photos do (each its own colour,
+    gradient direction and texture), so random networks score them differently; i.i.d. noise
+    images all look alike to them."""
+    n, h, w, _ = shape
+    rng = np.random.default_rng(seed)
+    yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    images = []
+    for _ in range(n):
+        colour = rng.uniform(0.2, 0.8, 3)
+        angle, frequency = rng.uniform(0, np.pi), rng.uniform(1, 6)
+        ramp = np.cos(angle) * yy + np.sin(angle) * xx
+        pattern = 0.25 * np.sin(frequency * np.pi * ramp)[..., None] * rng.uniform(-1, 1, 3)
+        noise = rng.normal(0, 0.05, (h, w, 3))
+        images.append(np.clip(colour + pattern + noise, 0, 1))
+    return np.stack(images).astype(np.float32)
+
+
 def softmax(z):
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
