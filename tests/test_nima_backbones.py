@@ -7,6 +7,7 @@ feature map within 1e-4 of its scale and the probabilities within 1e-4.
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -323,3 +324,49 @@ def test_inception_resnet_v2_pools():
     y = _images((1, 7, 8, 2), seed=8)
     want_max = ref.max_pool(y.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
     np.testing.assert_array_equal(np.asarray(irv2.max_pool_3x3_s2(y)), want_max)
+
+
+# --- the depthwise convolution's CPU formulation ------------------------------------------------
+
+
+def _grouped_conv(x, k, stride, padding):
+    dims = ("NHWC", "HWIO", "NHWC")
+    return jax.lax.conv_general_dilated(
+        x, k, (stride, stride), padding, dimension_numbers=dims, feature_group_count=k.shape[3]
+    )
+
+
+@pytest.mark.parametrize("stride, padding", [(1, ((1, 1), (1, 1))), (2, ((0, 1), (0, 1)))])
+def test_depthwise_conv_equals_grouped_conv_values_and_gradients(stride, padding):
+    x = jax.random.normal(jax.random.key(0), (2, 9, 8, 6))
+    k = jax.random.normal(jax.random.key(1), (3, 3, 1, 6))
+
+    def loss(conv):  # a ReLU6 and a batch-norm-like scale after, as in the networks
+        return lambda x, k: jnp.sum(jax.nn.relu6(conv(x, k, stride, padding) * 1.5 + 0.2) ** 2)
+
+    port, plain = loss(mobilenet.depthwise_conv2d), loss(_grouped_conv)
+    conv = jax.jit(mobilenet.depthwise_conv2d, static_argnums=(2, 3))
+    np.testing.assert_allclose(
+        conv(x, k, stride, padding), _grouped_conv(x, k, stride, padding), rtol=1e-5, atol=1e-5
+    )
+    want = jax.jit(jax.grad(plain, argnums=(0, 1)))(x, k)
+    got = jax.jit(jax.grad(port, argnums=(0, 1)))(x, k)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+    # Under vmap over images (the guider's), with the kernel shared.
+    per_image = jax.jit(jax.vmap(jax.grad(lambda xi: port(xi[None], k))))(x)
+    np.testing.assert_allclose(per_image, want[0], rtol=1e-4, atol=1e-4)
+
+
+def test_depthwise_conv_lowers_for_gpu_and_tpu_with_the_plain_convolution():
+    x = jnp.zeros((1, 8, 8, 4))
+    k = jnp.zeros((3, 3, 1, 4))
+
+    def f(x, k):
+        return jax.grad(lambda x: jnp.sum(mobilenet.depthwise_conv2d(x, k, 2, ((0, 1), (0, 1)))))(x)
+
+    traced = jax.jit(f).trace(x, k)
+    for platform in ("tpu", "cuda"):
+        text = traced.lower(lowering_platforms=(platform,)).as_text()
+        assert "feature_group_count = 4" in text
+    assert "feature_group_count = 4" not in traced.lower(lowering_platforms=("cpu",)).as_text()
