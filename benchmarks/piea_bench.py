@@ -233,8 +233,9 @@ def profile_nima_step(guider, batch, preview_shape, label="vgg16") -> dict:
     size = guider.input_size
     small = jax.random.uniform(jax.random.key(2), (batch, size, size, 3), jnp.float32)
 
-    def model_score(x):  # the guider without its resize
-        return jnp.sum(nnx.merge(guider.graphdef, guider.state)(x) @ jnp.arange(1.0, 11.0))
+    # The guider without its resize; the weights are arguments, as in `enhance`'s search.
+    def model_score(state, x):
+        return jnp.sum(nnx.merge(guider.graphdef, state)(x) @ jnp.arange(1.0, 11.0))
 
     def resize_sum(x):
         resized = jax.vmap(
@@ -252,21 +253,22 @@ def profile_nima_step(guider, batch, preview_shape, label="vgg16") -> dict:
         jax.jit, compiler_options=xla_options.compiler_options(jax.devices()[:1])
     )
     # The model's batch of one image at a time under vmap, as `enhance` runs it.
-    per_image = jax.vmap(lambda x: model_score(x[None]))
+    per_image = jax.vmap(lambda state, x: model_score(state, x[None]), in_axes=(None, 0))
+    state = guider.state
     parts = {
-        f"{label}_forward_and_input_grad_{size}": (jit(jax.grad(model_score)), small),
+        f"{label}_forward_and_input_grad_{size}": (jit(jax.grad(model_score, 1)), (state, small)),
         f"{label}_vmapped_forward_and_input_grad_{size}": (
-            jit(jax.grad(lambda x: jnp.sum(per_image(x)))),
-            small,
+            jit(jax.grad(lambda st, x: jnp.sum(per_image(st, x)), 1)),
+            (state, small),
         ),
-        "guider_resize_forward_and_grad": (jit(jax.grad(resize_sum)), previews),
-        "filter_chain_forward_and_grad": (jit(jax.grad(chain_sum)), raw),
+        "guider_resize_forward_and_grad": (jit(jax.grad(resize_sum)), (previews,)),
+        "filter_chain_forward_and_grad": (jit(jax.grad(chain_sum)), (raw,)),
     }
-    parts[f"{label}_forward_only_{size}"] = (jit(model_score), small)
+    parts[f"{label}_forward_only_{size}"] = (jit(model_score), (state, small))
     out = {}
-    for name, (fn, arg) in parts.items():
-        jax.block_until_ready(fn(arg))
-        out[name + "_s"] = round(_timed(lambda fn=fn, arg=arg: fn(arg), 2), 4)
+    for name, (fn, args) in parts.items():
+        jax.block_until_ready(fn(*args))
+        out[name + "_s"] = round(_timed(lambda fn=fn, args=args: fn(*args), 2), 4)
     return out
 
 

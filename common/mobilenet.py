@@ -125,6 +125,8 @@ def _depthwise_taps_bwd(stride, padding, residuals, dy):
     # not stop the fusion on CPU; a conditional's operands are buffers). Both branches are the
     # same function, so the predicate only has to be one XLA cannot fold: it reads the kernel
     # (not dy, which a vmap over images would batch, turning the conditional into a select).
+    # Weights baked into a program as constants fold it: still correct, only slower (the
+    # guider and `nnx.jit` pass weights as arguments).
     x, kernel = residuals
     _, pull = jax.vjp(lambda x, k: _taps(x, k, stride, padding), x, kernel)
     unfoldable = jnp.isnan(kernel[0, 0, 0, 0])
@@ -165,7 +167,7 @@ class ConvBN(nnx.Module):
       groups: `feature_group_count` (= channels for a depthwise conv).
       epsilon: the batch norm's epsilon (torch 1e-5, Keras and timm 1e-3).
       activation: None, "relu" or "relu6".
-      rngs: `nnx.Rngs` for the random initialisation (`he_normal`, as torchvision).
+      rngs: `nnx.Rngs` for the random initialisation (`he_normal`: Kaiming normal, fan-in).
 
     The batch norm uses its running statistics (`use_running_average=True`): every model here
     is a frozen, pretrained network. `.train()` switches it to batch statistics, as torch's
