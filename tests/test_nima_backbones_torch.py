@@ -15,15 +15,14 @@ import importlib.util
 import sys
 from unittest import mock
 
-import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from common import inception_resnet_v2 as irv2
 from common import mobilenet
 from tests import keras_files
 from tests import np_reference as ref
+from tests.test_nima_backbones import _run
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -35,12 +34,7 @@ TOL = 1e-4
 
 
 def _flax(model, images_nhwc):
-    graphdef, state = nnx.split(model)
-    copy = nnx.merge(graphdef, state)
-    copy.eval()
-    graphdef, state = nnx.split(copy)
-    forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
-    return np.asarray(forward(state, images_nhwc))
+    return _run(model, images_nhwc)[1]
 
 
 def _torch(model, images_nhwc):
