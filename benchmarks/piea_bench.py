@@ -6,14 +6,16 @@ r"""PIEA speed benchmark; prints one JSON document to stdout.
 
 Measures, on 333×500 images (the paper's FiveK size; real skimage photos, darkened):
   * `enhance` with M = 20 SGD steps for batches of 1, 4 and 8, searching on a 256-short-side
-    preview or at full resolution, with the built-in critic and with a VGG16-sized NIMA (VGG16
-    features to pool5, global average pool, Dense(10), RANDOM weights, 224×224 resize inside
-    the guider): compile time (lower + compile of the search, reported apart), steady-state
-    seconds per call and images per second, XLA's memory analysis of the compiled search and
-    the process's peak RSS so far (configurations run from small to large, so each reading is
-    close to that configuration's own peak);
-  * a time split of one NIMA search step (VGG16 forward + input gradient, guider resize,
-    filter chain), to say where the time goes;
+    preview or at full resolution, with the built-in critic and with two NIMAs of RANDOM
+    weights, each with its 224×224 resize inside the guider: `nima_vgg16` (VGG16 features to
+    pool5, global average pool, Dense(10)) and the light `nima_mobilenet_v2` (nima.pytorch v1's
+    MobileNetV2, `common.mobilenet`): compile time (lower + compile of the search, reported
+    apart), steady-state seconds per call and images per second, XLA's memory analysis of the
+    compiled search and the process's peak RSS so far (configurations run from small to large,
+    so each reading is close to that configuration's own peak);
+  * a time split of one NIMA search step per NIMA (model forward + input gradient, alone and
+    vmapped over images as `enhance` runs it, guider resize, filter chain), to say where the
+    time goes;
   * the filter chain alone (all eight filters active; forward + gradient of a scalar loss with
     respect to the raw parameters) at 333×500 batch 8 and at 4000×3000 (12 MP) batch 1, fused
     by `jax.jit`, next to JAX op-by-op eager execution on the same machine and the PyTorch
@@ -47,6 +49,7 @@ from absl import app, flags
 from flax import nnx
 
 from common import xla_options
+from common.mobilenet import make_nima_mobilenet_v2
 from common.nima import random_nima_vgg16
 from piea_jax import FILTER_ORDER, apply_filters, initial_raw_params, to_physical
 from piea_jax.guiders import nima_guider, photo_critic
@@ -55,7 +58,9 @@ from piea_jax.rendering import local_mesh, render_images
 enhance_module = importlib.import_module("piea_jax.enhance")
 
 _QUICK = flags.DEFINE_bool("quick", False, "Batch 1 only and fewer repeats (a smoke run).")
-_GUIDERS = flags.DEFINE_list("guiders", ["critic", "nima_vgg16"], "Guiders to run.")
+_GUIDERS = flags.DEFINE_list(
+    "guiders", ["critic", "nima_vgg16", "nima_mobilenet_v2"], "Guiders to run."
+)
 _STEPS = flags.DEFINE_integer("steps", 20, "Optimiser steps M.")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "4", "8"], "Batches of images searched.")
 _CHAIN = flags.DEFINE_bool("chain", True, "Also benchmark the filter chain alone.")
@@ -67,6 +72,12 @@ _MAX_UNROLLED_BATCH = flags.DEFINE_integer(
     "Largest NIMA batch searched with the step loop unrolled; XLA keeps every unrolled step's "
     "buffers (measured: ~10 GB at batch 4, ~20 GB at batch 8), so larger batches keep the loop.",
 )
+
+# The NIMA guiders (random weights): name -> (backbone label in the profile, model maker).
+NIMA_MODELS = {
+    "nima_vgg16": ("vgg16", lambda: random_nima_vgg16(0)),
+    "nima_mobilenet_v2": ("mobilenet_v2", lambda: make_nima_mobilenet_v2(rngs=nnx.Rngs(0))),
+}
 
 FIVEK_SHAPE = (333, 500)
 PREVIEW = 256
@@ -224,14 +235,16 @@ def bench_chain(shape, batch, repeats, eager_repeats) -> dict:
     }
 
 
-def profile_nima_step(guider, batch, preview_shape) -> dict:
-    """Seconds per search step for the pieces of one NIMA step, each compiled alone."""
+def profile_nima_step(guider, batch, preview_shape, label="vgg16") -> dict:
+    """Seconds per search step for the pieces of one NIMA step, each compiled alone (`label`
+    names the backbone in the keys)."""
     previews = jax.random.uniform(jax.random.key(1), (batch, *preview_shape, 3), jnp.float32)
     size = guider.input_size
     small = jax.random.uniform(jax.random.key(2), (batch, size, size, 3), jnp.float32)
 
-    def model_score(x):  # the guider without its resize
-        return jnp.sum(nnx.merge(guider.graphdef, guider.state)(x) @ jnp.arange(1.0, 11.0))
+    # The guider without its resize; the weights are arguments, as in `enhance`'s search.
+    def model_score(state, x):
+        return jnp.sum(nnx.merge(guider.graphdef, state)(x) @ jnp.arange(1.0, 11.0))
 
     def resize_sum(x):
         resized = jax.vmap(
@@ -248,16 +261,23 @@ def profile_nima_step(guider, batch, preview_shape) -> dict:
     jit = functools.partial(
         jax.jit, compiler_options=xla_options.compiler_options(jax.devices()[:1])
     )
+    # The model's batch of one image at a time under vmap, as `enhance` runs it.
+    per_image = jax.vmap(lambda state, x: model_score(state, x[None]), in_axes=(None, 0))
+    state = guider.state
     parts = {
-        "vgg16_forward_and_input_grad_224": (jit(jax.grad(model_score)), small),
-        "guider_resize_forward_and_grad": (jit(jax.grad(resize_sum)), previews),
-        "filter_chain_forward_and_grad": (jit(jax.grad(chain_sum)), raw),
+        f"{label}_forward_and_input_grad_{size}": (jit(jax.grad(model_score, 1)), (state, small)),
+        f"{label}_vmapped_forward_and_input_grad_{size}": (
+            jit(jax.grad(lambda st, x: jnp.sum(per_image(st, x)), 1)),
+            (state, small),
+        ),
+        "guider_resize_forward_and_grad": (jit(jax.grad(resize_sum)), (previews,)),
+        "filter_chain_forward_and_grad": (jit(jax.grad(chain_sum)), (raw,)),
     }
-    parts["vgg16_forward_only_224"] = (jit(model_score), small)
+    parts[f"{label}_forward_only_{size}"] = (jit(model_score), (state, small))
     out = {}
-    for name, (fn, arg) in parts.items():
-        jax.block_until_ready(fn(arg))
-        out[name + "_s"] = round(_timed(lambda fn=fn, arg=arg: fn(arg), 2), 4)
+    for name, (fn, args) in parts.items():
+        jax.block_until_ready(fn(*args))
+        out[name + "_s"] = round(_timed(lambda fn=fn, args=args: fn(*args), 2), 4)
     return out
 
 
@@ -380,8 +400,9 @@ def main(argv):
             "optimizer": "sgd, lr 1e-3",
             "image_shape": list(FIVEK_SHAPE),
             "preview_short_side": PREVIEW,
-            "nima": "VGG16 features to pool5 + global average pool + Dense(10), RANDOM weights, "
-            "224x224 antialiased resize inside the guider",
+            "nima": "nima_vgg16: VGG16 features to pool5 + global average pool + Dense(10); "
+            "nima_mobilenet_v2: nima.pytorch v1's MobileNetV2 + ReLU + Dense(1280, 10); "
+            "RANDOM weights, 224x224 antialiased resize inside the guider",
             "timing": "minimum wall time over repeats; compile time reported apart",
         },
         "quoted_torch_reference": QUOTED_TORCH_REFERENCE,
@@ -392,8 +413,9 @@ def main(argv):
             guider = photo_critic
         else:
             start = time.perf_counter()
-            guider = nima_guider(random_nima_vgg16(0))
-            report["conditions"]["nima_random_init_s"] = round(time.perf_counter() - start, 1)
+            label, make = NIMA_MODELS[name]
+            guider = nima_guider(make())
+            report["conditions"][f"{name}_random_init_s"] = round(time.perf_counter() - start, 1)
         for batch in batches if _ENHANCE.value else ():
             for preview_size in (PREVIEW, None):
                 repeats = 1 if (quick or name != "critic") else 2
@@ -413,10 +435,12 @@ def main(argv):
         if name != "critic":
             batch = batches[-1]
             shape = enhance_module.preview_shape([FIVEK_SHAPE], PREVIEW)
-            split = profile_nima_step(guider, batch, shape) | profile_max_pool(batch)
+            split = profile_nima_step(guider, batch, shape, label)
+            if label == "vgg16":
+                split |= profile_max_pool(batch)
             split["batch"] = batch
             split["search_resolution"] = f"{shape[0]}x{shape[1]}"
-            report["nima_step_profile"] = split
+            report["nima_step_profile" if label == "vgg16" else f"{name}_step_profile"] = split
             print(json.dumps(split), file=sys.stderr, flush=True)
 
     if _RENDER.value:

@@ -17,14 +17,15 @@ Measures, in float32 with PyTorch's default thread count (progress goes to stder
     batches of 1, 4 and 8 skimage photos at 333×500, darkened (× 0.35), searched on a 256×384
     preview; per-image raw parameters through `to_physical` and the eight filters (ported
     exactly from `piea_jax/params.py` and `piea_jax/filters.py`), clipped to [0, 1], resized to
-    224×224 (antialiased bilinear, inside the graph) and scored by a VGG16-sized NIMA with
-    RANDOM frozen weights (VGG16 features to pool5, global average pool, Dense(512→10),
+    224×224 (antialiased bilinear, inside the graph) and scored by a NIMA with RANDOM frozen
+    weights (`--guiders`: `vgg16`, VGG16 features to pool5, global average pool,
+    Dense(512→10); `mobilenet_v2`, nima.pytorch v1's MobileNetV2, ReLU, Dense(1280→10);
     softmax, mean score); loss (10 − S)² summed over the batch, `torch.optim.SGD(lr=1e-3)`,
     M = 20 steps, then one final scoring forward. Steady seconds per call after a two-step
     warm-up call (eager PyTorch compiles nothing; the same shapes warm every kernel), a time
-    split of one batch-8 step (VGG16, resize and filter chain, forward and backward each), and
-    VGG16 forward + input gradient at 224×224 alone, batch 8, in both memory formats (the
-    faster one runs the search);
+    split of one batch-8 step (the model, resize and filter chain, forward and backward
+    each), and the model's forward + input gradient at 224×224 alone, batch 8, in both memory
+    formats (the faster one runs the search);
   * the filter chain alone (all eight filters away from their identity; forward + gradient of
     the per-image mean with respect to the raw parameters) on random images, 333×500 batch 8
     and 3000×4000 (12 MP) batch 1, eager and with `torch.compile` (inductor) when it works;
@@ -251,6 +252,69 @@ class NimaVGG16(nn.Module):
         return torch.softmax(self.head(pooled), dim=-1) @ self.scores
 
 
+# --- NIMA with nima.pytorch v1's MobileNetV2, random weights --------------------------------------
+
+# (expansion t, channels c, repeats n, first stride s), as `common.mobilenet.MOBILENET_V2_BLOCKS`.
+MOBILENET_V2_BLOCKS = (
+    (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)  # fmt: skip
+
+
+def _conv_bn(cin, cout, kernel, stride=1, groups=1, act=None):
+    layers = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+              nn.BatchNorm2d(cout)]  # fmt: skip
+    return nn.Sequential(*layers, *([act(inplace=True)] if act else []))
+
+
+class _InvertedResidual(nn.Module):
+    def __init__(self, cin, cout, stride, t):
+        super().__init__()
+        h = cin * t
+        self.residual = stride == 1 and cin == cout
+        self.conv = nn.Sequential(
+            _conv_bn(cin, h, 1, act=nn.ReLU6),
+            _conv_bn(h, h, 3, stride, groups=h, act=nn.ReLU6),
+            _conv_bn(h, cout, 1),
+        )
+
+    def forward(self, x):
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+class NimaMobileNetV2(nn.Module):
+    """nima.pytorch v1's NIMA (`common.mobilenet.make_nima_mobilenet_v2`): MobileNetV2 features
+    (the t = 1 block keeps its expansion; ReLU on the stem and the last 1×1 conv, ReLU6
+    inside the blocks), 7×7 average pool, ReLU, Linear(1280→10), softmax -> mean score, on
+    (N, 3, 224, 224) images in [0, 1] without normalisation (UEGAN's protocol). Random weights
+    (Kaiming-normal fan-in convs, as `common.mobilenet.he_normal`: fan-out would shrink the
+    activations to denormals through the depthwise convs), batch norm in eval mode, frozen."""
+
+    def __init__(self, memory_format: torch.memory_format):
+        super().__init__()
+        layers, cin = [_conv_bn(3, 32, 3, 2, act=nn.ReLU)], 32
+        for t, c, n, s in MOBILENET_V2_BLOCKS:
+            for i in range(n):
+                layers.append(_InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        layers += [_conv_bn(cin, 1280, 1, act=nn.ReLU), nn.AvgPool2d(7)]
+        self.features = nn.Sequential(*layers)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        self.head = nn.Linear(1280, 10)
+        self.register_buffer("scores", torch.arange(1.0, 11.0))
+        self.memory_format = memory_format
+        self.to(memory_format=memory_format).eval().requires_grad_(False)
+
+    def forward(self, x):
+        pooled = self.features(x.contiguous(memory_format=self.memory_format)).flatten(1)
+        return torch.softmax(self.head(torch.relu(pooled)), dim=-1) @ self.scores
+
+
+NIMA_MODELS = {"vgg16": NimaVGG16, "mobilenet_v2": NimaMobileNetV2}
+
+
 def resize(x, shape):
     return F.interpolate(x, size=shape, mode="bilinear", antialias=True, align_corners=False)
 
@@ -345,7 +409,7 @@ def bench_search(model, batch: int, steps: int, repeats: int) -> dict:
 
 
 def vgg_input_grad(model, batch: int, repeats: int) -> dict:
-    """VGG16 NIMA forward + gradient of the summed mean scores w.r.t. a random 224 input."""
+    """NIMA forward + gradient of the summed mean scores w.r.t. a random 224 input."""
     x = torch.rand(batch, 3, NIMA_INPUT, NIMA_INPUT, requires_grad=True)
 
     def forward_backward():
@@ -362,7 +426,7 @@ def vgg_input_grad(model, batch: int, repeats: int) -> dict:
     return out
 
 
-def profile_step(model, batch: int, repeats: int) -> dict:
+def profile_step(model, batch: int, repeats: int, label: str = "vgg16") -> dict:
     """Seconds of each piece of ONE search step at `batch`, split by cutting the graph between
     the pieces (each piece's backward is run on its own from the next piece's input gradient)."""
     previews = resize(_photos(batch), preview_shape(FIVEK_SHAPE, PREVIEW))
@@ -382,9 +446,9 @@ def profile_step(model, batch: int, repeats: int) -> dict:
         t = lap("resize_forward", t)
         cut2 = small.detach().requires_grad_()
         loss = torch.sum((MAX_SCORE - model(cut2)) ** 2)
-        t = lap("vgg16_forward", t)
+        t = lap(f"{label}_forward", t)
         loss.backward()
-        t = lap("vgg16_backward_to_input", t)
+        t = lap(f"{label}_backward_to_input", t)
         small.backward(cut2.grad)
         t = lap("resize_backward", t)
         rendered.backward(cut1.grad)
@@ -393,7 +457,7 @@ def profile_step(model, batch: int, repeats: int) -> dict:
             r.grad = None
     best = {name: min(ts[1:]) for name, ts in times.items()}
     out = {name + "_s": round(seconds, 4) for name, seconds in best.items()}
-    for piece in ("filter_chain", "resize", "vgg16"):
+    for piece in ("filter_chain", "resize", label):
         pair = [seconds for name, seconds in best.items() if name.startswith(piece)]
         out[piece + "_forward_and_backward_s"] = round(sum(pair), 4)
     out["step_total_s"] = round(sum(best.values()), 4)
@@ -475,6 +539,32 @@ def bench_render(shape, batch: int, repeats: int) -> dict:
     return out
 
 
+def bench_nima(label: str, batches, steps: int):
+    """For the NIMA `label` ("vgg16", "mobilenet_v2"): forward + input gradient at 224 in both
+    memory formats, the search at each batch with the faster format, and a step split."""
+    batch = batches[-1]
+    models, grads = {}, {"batch": batch}
+    for name, memory_format in (
+        ("contiguous", torch.contiguous_format),
+        ("channels_last", torch.channels_last),
+    ):
+        torch.manual_seed(0)
+        models[name] = NIMA_MODELS[label](memory_format)
+        grads[name] = vgg_input_grad(models[name], batch, repeats=2)
+        _log({f"{label}_224": name, **grads[name]})
+    fastest = min(models, key=lambda n: grads[n]["forward_and_input_grad_s"])
+    grads["search_uses"] = fastest
+    rows = []
+    for b in batches:
+        row = {"guider": label} | bench_search(models[fastest], b, steps, 1 if b >= 8 else 2)
+        rows.append(row)
+        _log(row)
+    split = profile_step(models[fastest], batch, repeats=2, label=label)
+    split["batch"] = batch
+    _log(split)
+    return grads, rows, split
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="batch 1 only, chain at 333×500")
@@ -482,6 +572,9 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="1,4,8", help="comma-separated search batches")
     parser.add_argument(
         "--render-only", action="store_true", help="only the full-resolution render at 12/24 MP"
+    )
+    parser.add_argument(
+        "--guiders", default="vgg16,mobilenet_v2", help="comma-separated NIMA backbones"
     )
     args = parser.parse_args()
     if args.render_only:
@@ -517,7 +610,8 @@ def main() -> None:
             "optimizer": f"torch.optim.SGD, lr {LEARNING_RATE}",
             "image_shape": list(FIVEK_SHAPE),
             "preview_short_side": PREVIEW,
-            "nima": "VGG16 features to pool5 + global average pool + Dense(512->10), "
+            "nima": "vgg16: VGG16 features to pool5 + global average pool + Dense(512->10); "
+            "mobilenet_v2: nima.pytorch v1's MobileNetV2 + ReLU + Dense(1280->10); "
             "224x224 antialiased bilinear resize inside the graph",
             "note": "random weights; skimage photos, not FiveK",
             "timing": "minimum wall time over repeats, after a warm-up call "
@@ -528,30 +622,12 @@ def main() -> None:
     report["machine_peak"] = machine_peak()
     _log(report["machine_peak"])
 
-    vgg_batch = batches[-1]
-    models, vgg = {}, {"batch": vgg_batch}
-    for name, memory_format in (
-        ("contiguous", torch.contiguous_format),
-        ("channels_last", torch.channels_last),
-    ):
-        torch.manual_seed(0)
-        models[name] = NimaVGG16(memory_format)
-        vgg[name] = vgg_input_grad(models[name], vgg_batch, repeats=2)
-        _log({"vgg16_224": name, **vgg[name]})
-    fastest = min(("contiguous", "channels_last"), key=lambda n: vgg[n]["forward_and_input_grad_s"])
-    vgg["search_uses"] = fastest
-    report["vgg16_224"] = vgg
-    model = models[fastest]
-
-    report["search"] = []
-    for batch in batches:
-        row = bench_search(model, batch, args.steps, repeats=1 if batch >= 8 else 2)
-        report["search"].append(row)
-        _log(row)
-    split = profile_step(model, vgg_batch, repeats=2)
-    split["batch"] = vgg_batch
-    report["search_step_split"] = split
-    _log(split)
+    for label in args.guiders.split(","):
+        grads, rows, split = bench_nima(label, batches, args.steps)
+        if label == "vgg16":  # the keys this report has always had
+            report["vgg16_224"], report["search"], report["search_step_split"] = grads, rows, split
+        else:
+            report[label] = {"input_grad_224": grads, "search": rows, "search_step_split": split}
 
     chains = {"333x500_batch8": (FIVEK_SHAPE, 8, 3)}
     if not args.quick:
