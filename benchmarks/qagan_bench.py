@@ -109,6 +109,8 @@ def main(argv=None) -> None:
         xla_options.CPU_COMPILER_OPTIONS = {}  # read once, at the first compile below
 
     config = qagan_config.get_config(args.config)
+    if config.opt.steps_per_epoch < 1:  # resolved from the data in training; FiveK's value here
+        config.opt.steps_per_epoch = 188
     mesh = train.make_mesh(jax.devices()[:1])
     t0 = time.perf_counter()
     state = train.create_train_state(config, jax.random.key(0), mesh)

@@ -53,31 +53,57 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     o.b2 = 0.999  # Adam beta2 [P].
     o.decay_start_epoch = 75  # Constant learning rate until this epoch [P] ...
     o.num_epochs = 150  # ... then linear to zero at this epoch [P].
-    o.steps_per_epoch = 188  # ceil(2250 training images per domain / batch 12).
+    o.steps_per_epoch = -1  # -1: from the data, ceil(larger training domain / batch)
+    #   (FiveK's 2250 / 12 -> 188); the resolved value is written to the work directory.
 
     # --- Data ----------------------------------------------------------------------------
     d = c.data = ml_collections.ConfigDict()
     d.image_size = 128  # Training crop size after the resize (256 crop -> 128) [P].
     d.crop_size = 256  # Random crop of the short-side-512 image [P].
     d.test_size = 512  # Test resolution [P].
+    d.worker_count = 0  # grain worker processes for the training stream (0: in the main process).
+
+    # --- Evaluation (spec/qagan.md section 8) --------------------------------------------
+    e = c.eval = ml_collections.ConfigDict()
+    e.split = "test"  # Split of the final evaluation; periodic ones use "val" when it exists.
+    e.round_trip_8bit = True  # Quantise outputs to 8 bits before scoring (PNG round trip).
+    e.border = 0  # Pixels cropped per side before PSNR/SSIM (UEGAN crops 4; both are reported).
+    e.nima_weights = ""  # NIMA checkpoint for the NIMA mean score ("" = not computed).
+    e.nima_backbone = "mobilenet_v2"  # Its format (common.nima.load_nima): UEGAN's NIMA.
+    e.nima_protocol = "uegan"  # Short side 256, centre crop 224 (common.nima.nima_quality).
+    e.max_images = -1  # Images per periodic validation pass (-1: all).
 
     # --- Training loop -------------------------------------------------------------------
     t = c.train = ml_collections.ConfigDict()
     t.batch_size = 12  # Global batch (low and high each) [P]; sharded on the `data` axis.
     t.log_every = 50  # Steps between metric logs.
     t.checkpoint_every = 1000  # Steps between Orbax checkpoints.
-    t.eval_every = 1000  # Steps between validation passes.
+    t.eval_every = 1000  # Steps between validation passes (0: only the final evaluation).
+    t.sample_every = 1000  # Steps between PNG sample grids (input / G_H output / reference).
+    t.num_samples = 4  # Images in a sample grid.
+    t.keep_checkpoints = 3  # Orbax keeps the latest N checkpoints.
 
     if variant == "paper":
         pass
     elif variant == "demo":
-        o.steps_per_epoch = 10
+        # The built-in demo set on a 2-core CPU in minutes (README "Results"): the paper's
+        # networks at half width (the VGG-19 encoder full, so --vgg-weights loads), 256 crops
+        # resized to 64 (the paper's 4x ratio to the test size), batch 4, 300 steps with the
+        # paper's rate (linear decay over the last third), and G_H's global residual [U] so
+        # that it starts near the identity instead of from noise. Not a paper setting.
+        m.gen_width = 2
+        m.disc_width = 2
+        m.global_residual = True
+        d.image_size = 64
+        o.steps_per_epoch = 20
         o.decay_start_epoch = 10
-        o.num_epochs = 20
+        o.num_epochs = 15
         t.batch_size = 4
         t.log_every = 10
-        t.checkpoint_every = 50
+        t.checkpoint_every = 100
         t.eval_every = 50
+        t.sample_every = 50
+        e.max_images = 4
     elif variant == "smoke":
         m.vgg_width = 16
         m.gen_width = 16

@@ -117,7 +117,16 @@ class TrainState:
 
 
 def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict) -> optax.Schedule:
-    """Constant `learning_rate` until `decay_start_epoch`, then linear to 0 at `num_epochs`."""
+    """Constant `learning_rate` until `decay_start_epoch`, then linear to 0 at `num_epochs`.
+
+    `steps_per_epoch` must be resolved (>= 1); the training loop derives it from the data when
+    the config says -1 (`resolve_steps_per_epoch`).
+    """
+    if opt_cfg.steps_per_epoch < 1:
+        raise ValueError(
+            f"opt.steps_per_epoch={opt_cfg.steps_per_epoch}: resolve it from the data first "
+            "(qagan_jax.train.resolve_steps_per_epoch) or set it"
+        )
     start = opt_cfg.decay_start_epoch * opt_cfg.steps_per_epoch
     end = opt_cfg.num_epochs * opt_cfg.steps_per_epoch
     return optax.join_schedules(
@@ -138,6 +147,22 @@ def _build(config: ml_collections.ConfigDict, key: jax.Array):
     gens = Generators(feat_channels, m, rngs=nnx.Rngs(k_gen))
     discs = Discriminators(m, rngs=nnx.Rngs(k_disc))
     return encoder, gens, discs
+
+
+def resolve_steps_per_epoch(config: ml_collections.ConfigDict, num_low: int, num_high: int):
+    """Sets `opt.steps_per_epoch` from the data if the config says -1 (returns the config).
+
+    An epoch is one pass over the larger training domain: ceil(max(low, high) / batch) steps
+    (FiveK's 2250 / 12 -> 188, the paper's schedule).
+    """
+    if config.opt.steps_per_epoch < 1:
+        config.opt.steps_per_epoch = max(1, -(-max(num_low, num_high) // config.train.batch_size))
+    return config
+
+
+def num_train_steps(config: ml_collections.ConfigDict) -> int:
+    """Total steps of the schedule: `num_epochs` x `steps_per_epoch` (resolved)."""
+    return int(config.opt.num_epochs * config.opt.steps_per_epoch)
 
 
 @functools.cache

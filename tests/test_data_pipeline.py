@@ -149,6 +149,19 @@ def test_processes_see_disjoint_examples_that_cover_each_domain(count):
         assert seen[0] | seen[1] == set(range(count))
 
 
+def test_processes_rows_make_up_the_one_process_global_batch():
+    # What lets a multi-process run (and a resumed one on another process count) train on
+    # exactly the batches of a single-process run.
+    single = _take(_iterator(global_batch_size=4), 5)
+    parts = [
+        _take(_iterator(global_batch_size=4, process_index=p, process_count=2), 5) for p in (0, 1)
+    ]
+    for t in range(5):
+        for domain in ("low", "high"):
+            joined = np.concatenate([parts[0][t][domain], parts[1][t][domain]])
+            np.testing.assert_array_equal(joined, single[t][domain])
+
+
 def test_eval_dataset_is_ordered_unbatched_and_sharded():
     source = _constant_source(7)
     everything = eval_dataset(source, process_index=0, process_count=1)
@@ -164,7 +177,8 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="not divisible"):
         _iterator(global_batch_size=3, process_count=2)
     with pytest.raises(ValueError, match="no low images"):
-        _iterator(_constant_source(1), process_index=1, process_count=2, global_batch_size=2)
+        train_iterator(_constant_source(0), _constant_source(2), global_batch_size=2,
+                       process_index=1, process_count=2)  # fmt: skip
     with pytest.raises(ValueError, match="process_index"):
         eval_dataset(_constant_source(2), process_index=2, process_count=2)
 

@@ -252,6 +252,9 @@ def test_non_finite_loss_discards_update_and_raises(one):
 
 def test_learning_rate_schedule():
     opt = qagan_config.get_config("paper").opt
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        train.learning_rate_schedule(opt)  # -1 until the data resolves it
+    opt.steps_per_epoch = 188  # FiveK: ceil(2250 / 12)
     lr = train.learning_rate_schedule(opt)
     spe = opt.steps_per_epoch
     np.testing.assert_allclose(

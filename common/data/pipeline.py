@@ -9,11 +9,12 @@ independently; per image a random square crop of `crop_size` (256), an antialias
   derives from the seed and the example's position in the endless stream, so every epoch
   gets new crops and flips. The streams are zipped batch by batch into one grain pipeline
   whose iterator state is a single position: restoring it resumes exactly.
-* Multi-host: each process keeps the examples `process_index::process_count` of each domain
-  (disjoint, together the whole set) and yields its share of the global batch.
-* Decoded once: with no worker processes, each process's share of a domain is decoded into
-  host memory when it fits (FiveK's 2250 training images at short side 512 are ~2.5 GB per
-  domain); otherwise examples are read (and PNG-decoded) through the source by the workers.
+* Multi-host: every process walks the same global stream of examples and prepares only its
+  rows of each global batch (process p: rows [p * b, (p + 1) * b), b = global batch / process
+  count), so the global batches are those of a single process, whatever the process count.
+* Decoded once: with no worker processes, each domain is decoded into host memory when it fits
+  (FiveK's 2250 training images at short side 512 are ~2.5 GB per domain, on every host);
+  otherwise examples are read (and PNG-decoded) through the source by the workers.
 * The crop comes first and only the crop is resized, with Pillow's bilinear filter, which
   widens its support when shrinking (antialiased; torchvision's `Resize` on PIL images, as in
   the authors' PyTorch code, is the same filter).
@@ -224,8 +225,7 @@ def train_iterator(
       (`grain.checkpoint.CheckpointHandler` writes one JSON file per process.)
 
     Raises:
-      ValueError: the batch does not divide among the processes, or a process's share of a
-        domain is empty.
+      ValueError: the batch does not divide among the processes, or a domain is empty.
     """
     process_index, process_count = _process(process_index, process_count)
     if global_batch_size % process_count:
@@ -234,22 +234,25 @@ def train_iterator(
             "processes"
         )
     hold = worker_count == 0 if in_memory is None else in_memory
+    rows = global_batch_size // process_count
     streams = []
     for stream, source in enumerate((low, high)):
-        dataset = grain.MapDataset.source(source)[process_index::process_count]
+        dataset = grain.MapDataset.source(source)
         if len(dataset) == 0:
-            raise ValueError(
-                f"process {process_index} of {process_count} has no {('low', 'high')[stream]} "
-                f"images (the domain has {len(source)})"
-            )
+            raise ValueError(f"no {('low', 'high')[stream]} images: the domain is empty")
         if hold:
             dataset = grain.MapDataset.source(hold_in_memory(dataset, force=in_memory is True))
         shuffle_seed, map_seed = stream_seeds(seed, stream)
+        # One global stream of examples (the shuffle and each example's crop and flips depend
+        # only on its position in it), cut into blocks of `rows`: step t of process p is block
+        # t * process_count + p, i.e. rows [p * rows, (p + 1) * rows) of the global batch t.
+        # So any number of processes sees exactly the global batches of one process, and each
+        # process prepares only its own rows.
         streams.append(
             dataset.shuffle(seed=shuffle_seed)
             .repeat()
             .random_map(_Augment(crop_size, image_size), seed=map_seed)
-            .batch(global_batch_size // process_count)
+            .batch(rows, drop_remainder=True)[process_index::process_count]
         )
     batches = grain.experimental.ZipMapDataset(parents=streams).map(_as_batch)
     pipeline = batches.to_iter_dataset(
