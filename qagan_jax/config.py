@@ -24,6 +24,8 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     m.disc_width = 1  # Discriminator channel divisor relative to the paper's 32..512.
     m.upsample = "nearest"  # Decoder x2 upsampling [S]: "nearest" | "bilinear".
     m.global_residual = False  # [choice] G_H out = clip(tanh + x, -1, 1) [U]; False: tanh only.
+    m.zero_init_residual = True  # [choice] With global_residual, G_H's last conv starts at zero
+    #   (G_H starts as the identity); False: default init.
     m.normalize_skips = False  # [choice] Mean-variance-normalise U-Net skips before concat.
     m.gl_skips = True  # [choice] G_L uses skips h3, h2, h1 from E(x_H); False drops them.
     m.reference = "roll"  # [choice] x_R for G_L: "roll" = low batch rolled by one | "self" = x_L.

@@ -284,6 +284,9 @@ class GeneratorH(nnx.Module):
       width: decoder channel divisor (1 = paper).
       upsample: "nearest" [S] | "bilinear".
       global_residual: [choice] False; True returns clip(tanh + x_l, -1, 1) [U].
+      zero_init_residual: [choice] with `global_residual`, the last conv starts at zero, so G_H
+        starts as the identity (True, default) rather than the input plus tanh of a random
+        decoder's output (False), which a discriminator tells apart from real images at once.
       normalize_skips: [choice] False; True mean-variance-normalises skips before concat.
       stat_ddof: variance of that normalisation: 1 unbiased (default), 0 biased.
     """
@@ -295,6 +298,7 @@ class GeneratorH(nnx.Module):
         width: int = 1,
         upsample: str = "nearest",
         global_residual: bool = False,
+        zero_init_residual: bool = True,
         normalize_skips: bool = False,
         stat_ddof: int = STAT_DDOF,
         rngs: nnx.Rngs,
@@ -311,6 +315,10 @@ class GeneratorH(nnx.Module):
             stat_ddof=stat_ddof,
             rngs=rngs,
         )
+        if global_residual and zero_init_residual:
+            last = self.decoder.conv1_2.conv
+            last.kernel[...] = jnp.zeros_like(last.kernel[...])
+            last.bias[...] = jnp.zeros_like(last.bias[...])
 
     def __call__(self, feats_l: Mapping[str, jax.Array], x_l: jax.Array | None = None):
         skips = {lv: feats_l[f"relu{lv}_1"] for lv in (1, 2, 3, 4)}

@@ -57,6 +57,7 @@ class Generators(nnx.Module):
             width=model_cfg.gen_width,
             upsample=model_cfg.upsample,
             global_residual=model_cfg.global_residual,
+            zero_init_residual=model_cfg.zero_init_residual,
             normalize_skips=model_cfg.normalize_skips,
             stat_ddof=model_cfg.stat_ddof,
             rngs=rngs,

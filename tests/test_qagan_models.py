@@ -71,9 +71,14 @@ def test_generator_options_change_structure():
     assert g_l.decoder.conv4_1.conv.kernel.shape == (3, 3, 32, 32)  # level 4: never a skip
     g_l = nnx.eval_shape(lambda: models.GeneratorL(TINY_FEATS, width=16, rngs=nnx.Rngs(0)))
     assert g_l.decoder.conv3_1.conv.kernel.shape == (3, 3, 32, 16)
-    # Global residual: clip(tanh + x, -1, 1).
-    g_h = build(models.GeneratorH, TINY_FEATS, width=16, global_residual=True, seed=0)
+    # Global residual: clip(tanh + x, -1, 1); with the zero-initialised last conv, the identity.
     feats = tiny_feats(0, 1, 32, 32)
+    x = jnp.linspace(-1, 1, 32 * 32 * 3).reshape(1, 32, 32, 3)
+    g_h = build(models.GeneratorH, TINY_FEATS, width=16, global_residual=True, seed=0)
+    np.testing.assert_array_equal(run(g_h, feats, x), x)
+    g_h = build(models.GeneratorH, TINY_FEATS, width=16, global_residual=True,
+                zero_init_residual=False, seed=0)  # fmt: skip
+    assert float(jnp.max(jnp.abs(run(g_h, feats, x) - x))) > 0.1
     x = jnp.full((1, 32, 32, 3), 0.9)
     plain = nnx.merge(*nnx.split(g_h))
     plain.global_residual = False
