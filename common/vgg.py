@@ -157,10 +157,14 @@ class VGG(nnx.Module):
         return dict(self._tap_channels)
 
     def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
-        x = jnp.asarray(images, jnp.float32)
+        # Floating inputs keep their dtype (bfloat16 compute, with parameters cast to it by the
+        # caller); anything else is converted to float32.
+        x = jnp.asarray(images)
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            x = x.astype(jnp.float32)
         if self.imagenet_normalize:
-            mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
-            std = jnp.asarray(IMAGENET_STD, jnp.float32)
+            mean = jnp.asarray(IMAGENET_MEAN, x.dtype)
+            std = jnp.asarray(IMAGENET_STD, x.dtype)
             x = (x - mean) / std
         out = {}
         for name in self.layer_names:

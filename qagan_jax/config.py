@@ -40,6 +40,8 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     #   1e-5) with var over H*W positions / (H*W - stat_ddof): 1 = unbiased, as the authors'
     #   calc_mean_std [U]; 0 = biased. A 1x1 map divides by 1 (variance 0), never NaN.
     m.disc_all_heads = False  # [choice] Heads after all five D blocks (UEGAN) instead of 3, 5.
+    m.compute_dtype = "float32"  # "bfloat16": convolutions and activations in bfloat16 (GPU and
+    #   TPU); parameters, optimiser states, QAM softmax and statistics and losses stay float32.
 
     # --- Losses --------------------------------------------------------------------------
     lo = c.loss = ml_collections.ConfigDict()

@@ -50,8 +50,10 @@ def channel_stats(
     var = Σ (x − mean)² / (H·W − ddof): ddof 1 (default) is the unbiased variance of the
     authors' `calc_mean_std`, 0 the biased one. When H·W − ddof ≤ 0 (a 1×1 map with ddof 1)
     the divisor is 1 instead: the variance is then 0 (sigma = sqrt(eps)), never 0/0 = NaN.
+    Computed in float32 at least (bfloat16 maps included); returned in float32.
     """
     n = x.shape[1] * x.shape[2]
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     mean = jnp.mean(x, axis=(1, 2), keepdims=True)
     # jnp.var centres before squaring (no E[x²] − E[x]² cancellation); rescale its ÷ N.
     var = jnp.var(x, axis=(1, 2), keepdims=True) * (n / max(n - ddof, 1))
@@ -61,7 +63,7 @@ def channel_stats(
 def mean_variance_norm(x: jax.Array, ddof: int = STAT_DDOF) -> jax.Array:
     """Instance normalisation without affine parameters (AdaIN / SANet's `mean_variance_norm`)."""
     mean, std = channel_stats(x, ddof=ddof)
-    return (x - mean) / std
+    return ((x - mean) / std).astype(x.dtype)
 
 
 def upsample2x(x: jax.Array, method: str = "nearest") -> jax.Array:
@@ -112,8 +114,9 @@ class ReflectConv(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         # `conv2d` = self.conv's VALID conv, with a faster VJP on CPU (qagan_jax/conv.py).
-        y = conv2d(_reflect(x, self.pad), self.kernel(), self.stride)
-        return y if self.conv.bias is None else y + self.conv.bias[...]
+        # The input's dtype is the compute dtype (the spectral kernel may come out float32).
+        y = conv2d(_reflect(x, self.pad), self.kernel().astype(x.dtype), self.stride)
+        return y if self.conv.bias is None else y + self.conv.bias[...].astype(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,11 +195,12 @@ class QAM(nnx.Module):
             # Eq. 5 divides rounding noise by a tiny std. Centred, G_L's gradients from the
             # 1- and 4-device steps agree to 6e-6 instead of 2.5e-3 (smoke config, jax 0.12).
             value = value - jnp.mean(value, axis=1, keepdims=True)
-        logits = jnp.einsum("nic,njc->nij", theta, key)  # i over f_h, j over f_l
+        # Logits and softmax in float32 even under bfloat16 compute.
+        logits = jnp.einsum("nic,njc->nij", theta, key, preferred_element_type=jnp.float32)
         if self.scale_logits:
             logits = logits / jnp.sqrt(jnp.float32(self.reduced))
         axis = -1 if self.normalization == "nonlocal" else 1
-        weights = jax.nn.softmax(logits, axis=axis)
+        weights = jax.nn.softmax(logits, axis=axis).astype(value.dtype)
         y = jnp.einsum("nij,njc->nic", weights, value).reshape(n, hh, wh, self.reduced)
         f_tilde = self.out(y)
         if self.residual:
@@ -204,7 +208,7 @@ class QAM(nnx.Module):
         # Channel-statistics transfer, the last operation [P, Eq. 5].
         mu_t, sigma_t = channel_stats(f_tilde, ddof=ddof)
         mu_l, sigma_l = channel_stats(f_l, ddof=ddof)
-        return sigma_l * (f_tilde - mu_t) / sigma_t + mu_l
+        return (sigma_l * (f_tilde - mu_t) / sigma_t + mu_l).astype(f_h.dtype)
 
 
 # --------------------------------------------------------------------------------------------

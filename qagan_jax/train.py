@@ -96,6 +96,7 @@ class StepSettings:
     rahinge_scale: float
     cycle_distance: str
     reference: str
+    compute_dtype: str = "float32"
 
 
 @struct.dataclass
@@ -179,7 +180,10 @@ def _static_parts(config_json: str):
         rahinge_scale=float(config.loss.rahinge_scale),
         cycle_distance=str(config.loss.cycle_distance),
         reference=str(config.model.reference),
+        compute_dtype=str(config.model.get("compute_dtype", "float32")),
     )
+    if settings.compute_dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"unknown compute dtype {settings.compute_dtype!r}: float32 | bfloat16")
     if settings.reference not in ("roll", "self"):
         raise ValueError(f"unknown reference {settings.reference!r}: roll | self")
     if settings.cycle_distance not in ("mse", "l2"):
@@ -291,6 +295,17 @@ def _to_unit(x: jax.Array) -> jax.Array:
     return (x + 1.0) * 0.5  # QAGAN's [-1, 1] images -> VGG's [0, 1]
 
 
+def _cast(tree, dtype):
+    """The floating leaves of `tree` in `dtype` (nothing changes for float32)."""
+    return jax.tree.map(
+        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
+    )
+
+
+def _f32(tree):
+    return _cast(tree, jnp.float32)
+
+
 def train_step(
     state: TrainState, batch: Mapping[str, jax.Array], key: jax.Array
 ) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -310,8 +325,11 @@ def train_step(
     """
     del key  # jax.random.fold_in(key, state.step) once something needs randomness
     s = state.settings
-    x_l, x_h = batch["low"], batch["high"]
-    encoder = nnx.merge(state.encoder_def, state.encoder)
+    # Compute dtype: images and parameter copies in it; the float32 parameters, optimiser
+    # states and spectral vectors are what gets updated, and losses are float32.
+    dt = jnp.dtype(s.compute_dtype)
+    x_l, x_h = batch["low"].astype(dt), batch["high"].astype(dt)
+    encoder = nnx.merge(state.encoder_def, _cast(state.encoder, dt))
 
     def encode(x):
         return encoder(_to_unit(x))
@@ -324,14 +342,14 @@ def train_step(
         f_r = f_l
 
     def generate(gen_params):
-        gens = nnx.merge(state.gen_def, gen_params)
+        gens = nnx.merge(state.gen_def, _cast(gen_params, dt))
         fake_h = gens.g_h(f_l, x_l)  # x~_H
         fake_l = gens.g_l(f_h, f_r)  # x~_L
         rec_l = gens.g_l(encode(fake_h), f_r)  # x^_L
         rec_h = gens.g_h(encode(fake_l), fake_l)  # x^_H
         cycle = losses.cycle_loss(
-            f_h, encode(rec_h), distance=s.cycle_distance
-        ) + losses.cycle_loss(f_l, encode(rec_l), distance=s.cycle_distance)
+            _f32(f_h), _f32(encode(rec_h)), distance=s.cycle_distance
+        ) + losses.cycle_loss(_f32(f_l), _f32(encode(rec_l)), distance=s.cycle_distance)
         return (fake_h, fake_l), cycle
 
     ((fake_h, fake_l), cycle), generate_vjp = jax.vjp(generate, state.gen)
@@ -343,10 +361,17 @@ def train_step(
     _, _, spectral = nnx.split(discs, nnx.Param, models.SpectralState)
     sg_h, sg_l = jax.lax.stop_gradient(fake_h), jax.lax.stop_gradient(fake_l)
 
+    def judge(d, x):  # head logits in float32
+        return _f32(d(x))
+
     def disc_loss(disc_params):
-        d = nnx.merge(state.disc_def, disc_params, spectral)
-        loss_h = losses.multiscale_rahinge_d(d.d_h(x_h), d.d_h(sg_h), scale=s.rahinge_scale)
-        loss_l = losses.multiscale_rahinge_d(d.d_l(x_l), d.d_l(sg_l), scale=s.rahinge_scale)
+        d = nnx.merge(state.disc_def, _cast(disc_params, dt), spectral)
+        loss_h = losses.multiscale_rahinge_d(
+            judge(d.d_h, x_h), judge(d.d_h, sg_h), scale=s.rahinge_scale
+        )
+        loss_l = losses.multiscale_rahinge_d(
+            judge(d.d_l, x_l), judge(d.d_l, sg_l), scale=s.rahinge_scale
+        )
         return loss_h + loss_l, (loss_h, loss_l)
 
     (d_total, (d_h, d_l)), d_grads = jax.value_and_grad(disc_loss, has_aux=True)(state.disc)
@@ -355,9 +380,13 @@ def train_step(
 
     # --- Generator update against the updated discriminators ------------------------------
     def adversarial(fakes):
-        d = nnx.merge(state.disc_def, disc, spectral)
-        adv_h = losses.multiscale_rahinge_g(d.d_h(x_h), d.d_h(fakes[0]), scale=s.rahinge_scale)
-        adv_l = losses.multiscale_rahinge_g(d.d_l(x_l), d.d_l(fakes[1]), scale=s.rahinge_scale)
+        d = nnx.merge(state.disc_def, _cast(disc, dt), spectral)
+        adv_h = losses.multiscale_rahinge_g(
+            judge(d.d_h, x_h), judge(d.d_h, fakes[0]), scale=s.rahinge_scale
+        )
+        adv_l = losses.multiscale_rahinge_g(
+            judge(d.d_l, x_l), judge(d.d_l, fakes[1]), scale=s.rahinge_scale
+        )
         return adv_h + adv_l, (adv_h, adv_l)
 
     (adv, (adv_h, adv_l)), fake_grads = jax.value_and_grad(adversarial, has_aux=True)(
@@ -389,10 +418,13 @@ def train_step(
 
 
 def eval_step(state: TrainState, images_low: jax.Array) -> jax.Array:
-    """Test-time enhancement: G_H(x_L) for (N, H, W, 3) in [-1, 1], H, W divisible by 16."""
-    encoder = nnx.merge(state.encoder_def, state.encoder)
-    gens = nnx.merge(state.gen_def, state.gen)
-    return gens.g_h(encoder(_to_unit(images_low)), images_low)
+    """Test-time enhancement: G_H(x_L) for (N, H, W, 3) in [-1, 1], H, W divisible by 16; the
+    config's compute dtype inside, float32 out."""
+    dt = jnp.dtype(state.settings.compute_dtype)
+    x = images_low.astype(dt)
+    encoder = nnx.merge(state.encoder_def, _cast(state.encoder, dt))
+    gens = nnx.merge(state.gen_def, _cast(state.gen, dt))
+    return gens.g_h(encoder(_to_unit(x)), x).astype(jnp.float32)
 
 
 def state_shardings(state: TrainState, mesh: Mesh) -> TrainState:

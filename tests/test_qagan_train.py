@@ -306,3 +306,26 @@ def test_config_variants_and_every_choice_is_a_switch():
     with pytest.raises(ValueError):
         qagan_config.get_config("nope")
     assert models.TAPS == ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+
+
+def test_bfloat16_compute_trains_with_float32_state(one):
+    config = qagan_config.get_config("smoke")
+    config.opt.steps_per_epoch = 2
+    config.model.compute_dtype = "bfloat16"
+    state = train.create_train_state(
+        config, jax.random.key(0), one.mesh, compiler_options=FAST_COMPILE
+    )
+    step = train.jit_train_step(state, one.mesh, compiler_options=FAST_COMPILE)
+    hlo = step.lower(state, _batch(), one.key).as_text()
+    assert "bf16" in hlo and "convolution" in hlo
+    _, reference = one.step(_copy(one.state), _batch(), one.key)  # float32, same weights
+    for i in range(3):
+        state, metrics = step(state, _batch(i), one.key)
+        train.assert_finite(metrics, i)
+        if i == 0:  # bfloat16 rounding, not a different computation
+            for name in LOSSES:
+                assert float(metrics[name]) == pytest.approx(float(reference[name]), rel=0.05)
+    leaves = jax.tree.leaves((state.gen, state.disc, state.gen_opt, state.spectral))
+    assert all(x.dtype != jnp.bfloat16 for x in leaves)
+    out = train.eval_step(state, _batch()["low"])
+    assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))

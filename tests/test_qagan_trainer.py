@@ -145,8 +145,10 @@ def test_non_finite_loss_stops_with_last_checkpoint_intact(tmp_path, monkeypatch
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
-def test_train_and_eval_steps_lower_for_tpu_and_cuda():
+@pytest.mark.parametrize("compute_dtype", ["float32", "bfloat16"])
+def test_train_and_eval_steps_lower_for_tpu_and_cuda(compute_dtype):
     config = smoke_config()
+    config.model.compute_dtype = compute_dtype
     state = jax.eval_shape(lambda: train.abstract_train_state(config, jax.random.key(0)))
     image = jax.ShapeDtypeStruct((4, 32, 32, 3), np.float32)
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
