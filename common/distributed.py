@@ -35,16 +35,25 @@ def initialize(
     coordinator: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
+    *,
+    force: bool = False,
 ) -> bool:
     """Connects this process to the others; returns True when it is part of a multi-process job.
 
     With an explicit `coordinator` ("host:port" of process 0), `num_processes` and `process_id`
-    are required; without one, the environment is auto-detected (`launched_as_multiprocess`).
-    Collectives between CPU processes use gloo (a no-op for GPU and TPU programs). Must run
-    before the first JAX computation.
+    are required (or `JAX_NUM_PROCESSES` / `JAX_PROCESS_ID` in the environment); without one,
+    the environment is auto-detected (`launched_as_multiprocess`), or `force` says it is a
+    multi-process launch that `jax.distributed.initialize()` can work out. Collectives between
+    CPU processes use gloo (a no-op for GPU and TPU programs). Must run before the first JAX
+    computation.
     """
-    if coordinator is None and not launched_as_multiprocess():
+    if coordinator is None and not force and not launched_as_multiprocess():
         return False
+    env = os.environ
+    if num_processes is None and env.get("JAX_NUM_PROCESSES"):
+        num_processes = int(env["JAX_NUM_PROCESSES"])
+    if process_id is None and env.get("JAX_PROCESS_ID"):
+        process_id = int(env["JAX_PROCESS_ID"])
     if coordinator is not None and (num_processes is None or process_id is None):
         raise ValueError("--coordinator needs --num-processes and --process-id")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")

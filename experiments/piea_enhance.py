@@ -45,8 +45,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging as std_logging
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +55,7 @@ from absl import app, flags, logging
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+from common import cli, distributed
 from common.images import (
     ImageLoadError,
     list_images,
@@ -470,21 +469,9 @@ def _check_paths():
     return out, preset
 
 
-def _initialize_distributed() -> None:
-    """`jax.distributed.initialize()`: automatic on TPU pod slices, Slurm and Open MPI; else
-    from JAX_COORDINATOR_ADDRESS (read by JAX), JAX_NUM_PROCESSES and JAX_PROCESS_ID."""
-    kwargs = {}
-    for name, key in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
-        if os.environ.get(key):
-            kwargs[name] = int(os.environ[key])
-    jax.distributed.initialize(**kwargs)
-
-
 def main(argv: list[str]) -> int:
     patterns = argv[1:]
-    # JAX logs at INFO that it found no TPU plugin ("Unable to initialize backend 'tpu'"),
-    # and absl shows INFO by default; JAX's warnings and errors still show.
-    std_logging.getLogger("jax").setLevel(std_logging.WARNING)
+    cli.quiet_library_logs()
     if not _OUT.value:
         raise app.UsageError("--out DIR is required")
     if not patterns and not _DEMO.value:
@@ -496,8 +483,8 @@ def main(argv: list[str]) -> int:
     except _PathError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if _DISTRIBUTED.value:  # before any JAX computation
-        _initialize_distributed()
+    # Before any JAX computation: a detected (or --distributed) multi-process launch.
+    distributed.initialize(force=_DISTRIBUTED.value)
     guider, guider_name, guider_weights = _guider()
     failures: list[str] = []
     items = _inputs(patterns, failures)

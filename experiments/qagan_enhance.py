@@ -22,7 +22,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from common import distributed
+from common import cli, distributed
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Work directory or WORKDIR/checkpoints/STEP.")
 _OUT = flags.DEFINE_string("out", None, "Output folder (created if missing).")
@@ -55,6 +55,7 @@ def main(argv: list[str]) -> int:
     if out.exists() and not out.is_dir():
         print(f"error: --out {out}: exists and is not a folder", file=sys.stderr)
         return 2
+    cli.quiet_library_logs()
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
 
     import jax  # noqa: PLC0415

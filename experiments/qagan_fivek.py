@@ -29,7 +29,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from common import distributed
+from common import cli, distributed
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "qagan_jax/config.py:VARIANT (paper | demo | smoke) and --config.x overrides."
@@ -61,6 +61,7 @@ def main(argv: list[str]) -> int:
         raise app.UsageError("--low-dir and --high-dir go together")
     if _DATA_DIR.value and _LOW_DIR.value:
         raise app.UsageError("give --data-dir or --low-dir/--high-dir, not both")
+    cli.quiet_library_logs()
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
 
     from common import data  # noqa: PLC0415  (after jax.distributed is set up)
