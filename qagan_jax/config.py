@@ -36,6 +36,9 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     m.qam_normalize_inputs = False  # Mean-variance-normalise f_H, f_L before the similarity
     #   projections W_theta, W_v [S].
     m.qam_scale_logits = False  # Scale the similarity logits by 1/sqrt(C').
+    m.init = "he"  # [choice] Conv kernels of G and D: "he" (LeakyReLU-gain He normal) |
+    #   "orthogonal" (the authors' UEGAN code [U]: orthogonal times init_gain).
+    m.init_gain = 0.02  # Gain of the orthogonal init [U].
     m.stat_ddof = 1  # Channel statistics (QAM Eq. 5, skip normalisation) sigma = sqrt(var +
     #   1e-5) with var over H*W positions / (H*W - stat_ddof): 1 = unbiased, as the authors'
     #   calc_mean_std [U]; 0 = biased. A 1x1 map divides by 1 (variance 0), never NaN.

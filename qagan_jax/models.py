@@ -34,7 +34,22 @@ STAT_EPS = 1e-5  # sigma = sqrt(var + eps) [U]
 STAT_DDOF = 1
 
 # LeakyReLU(0.2) gain-corrected He init (fan-in); bias zero.
-_conv_init = jax.nn.initializers.variance_scaling(2.0 / (1.0 + 0.2**2), "fan_in", "normal")
+HE_INIT = jax.nn.initializers.variance_scaling(2.0 / (1.0 + 0.2**2), "fan_in", "normal")
+
+
+def kernel_init(name: str = "he", gain: float = 0.02):
+    """The conv kernel initialiser of the generators and discriminators (biases start at 0).
+
+    "he": normal, variance 2 / ((1 + 0.2²) fan_in), LeakyReLU(0.2)'s gain-corrected He init.
+    "orthogonal": the authors' UEGAN code [U] (`init_type="orthogonal"`, gain 0.02, for G and
+    D): an orthogonal (out, in·k·k) kernel matrix times `gain`, so every layer starts nearly
+    silent (G_H with the global residual starts near the identity, the heads' tanh near 0).
+    """
+    if name == "he":
+        return HE_INIT
+    if name == "orthogonal":
+        return jax.nn.initializers.orthogonal(scale=gain, column_axis=-1)
+    raise ValueError(f"unknown init {name!r}: he | orthogonal")
 
 
 def act(x: jax.Array) -> jax.Array:
@@ -93,6 +108,7 @@ class ReflectConv(nnx.Module):
         *,
         stride: int = 1,
         use_bias: bool = True,
+        kernel_init=HE_INIT,
         rngs: nnx.Rngs,
     ):
         self.pad = (kernel - 1) // 2
@@ -104,7 +120,7 @@ class ReflectConv(nnx.Module):
             strides=stride,
             padding="VALID",
             use_bias=use_bias,
-            kernel_init=_conv_init,
+            kernel_init=kernel_init,
             rngs=rngs,
         )
 
@@ -151,6 +167,7 @@ class QAM(nnx.Module):
         normalize_inputs: bool = False,
         scale_logits: bool = False,
         stat_ddof: int = STAT_DDOF,
+        kernel_init=HE_INIT,
         rngs: nnx.Rngs,
     ):
         if normalization not in ("nonlocal", "literal"):
@@ -170,7 +187,7 @@ class QAM(nnx.Module):
         # 1) that W_o maps to a per-channel constant; with a softmax over i ("literal"),
         # theta's bias shifts each column's logits by a constant.
         nonlocal_ = normalization == "nonlocal"
-        kw = dict(kernel_size=(1, 1), kernel_init=_conv_init, rngs=rngs)
+        kw = dict(kernel_size=(1, 1), kernel_init=kernel_init, rngs=rngs)
         self.theta = nnx.Conv(channels, reduced, use_bias=nonlocal_, **kw)  # f_h: similarity
         self.v = nnx.Conv(channels, reduced, use_bias=not nonlocal_, **kw)  # f_l: similarity
         self.phi = nnx.Conv(channels, reduced, use_bias=not nonlocal_, **kw)  # f_l: values
@@ -234,6 +251,7 @@ class Decoder(nnx.Module):
         upsample: str = "nearest",
         normalize_skips: bool = False,
         stat_ddof: int = STAT_DDOF,
+        kernel_init=HE_INIT,
         rngs: nnx.Rngs,
     ):
         d1, d2, d3, d4 = widths
@@ -256,7 +274,8 @@ class Decoder(nnx.Module):
         for lv in self.levels:
             ch += skip_channels.get(lv, 0)
             for i, out_ch in enumerate(plan[lv], start=1):
-                setattr(self, f"conv{lv}_{i}", ReflectConv(ch, out_ch, 3, rngs=rngs))
+                conv = ReflectConv(ch, out_ch, 3, kernel_init=kernel_init, rngs=rngs)
+                setattr(self, f"conv{lv}_{i}", conv)
                 ch = out_ch
 
     def __call__(self, x: jax.Array, skips: Mapping[int, jax.Array]) -> jax.Array:
@@ -305,6 +324,7 @@ class GeneratorH(nnx.Module):
         zero_init_residual: bool = True,
         normalize_skips: bool = False,
         stat_ddof: int = STAT_DDOF,
+        kernel_init=HE_INIT,
         rngs: nnx.Rngs,
     ):
         e1, e2, e3, e4, e5 = feat_channels
@@ -317,6 +337,7 @@ class GeneratorH(nnx.Module):
             upsample=upsample,
             normalize_skips=normalize_skips,
             stat_ddof=stat_ddof,
+            kernel_init=kernel_init,
             rngs=rngs,
         )
         if global_residual and zero_init_residual:
@@ -355,17 +376,18 @@ class GeneratorL(nnx.Module):
         normalize_skips: bool = False,
         qam_kwargs: Mapping[str, object] | None = None,
         stat_ddof: int = STAT_DDOF,
+        kernel_init=HE_INIT,
         rngs: nnx.Rngs,
     ):
         e1, e2, e3, e4, e5 = feat_channels
         if e4 != e5:
             raise ValueError(f"Q4 + up(Q5) needs relu4_1 and relu5_1 widths equal: {e4}, {e5}")
         widths = _scaled(DECODER_CHANNELS, width)
-        qam_kwargs = dict(qam_kwargs or {}, stat_ddof=stat_ddof)
+        qam_kwargs = dict(qam_kwargs or {}, stat_ddof=stat_ddof, kernel_init=kernel_init)
         self.upsample = upsample
         self.qam5 = QAM(e5, **qam_kwargs, rngs=rngs)
         self.qam4 = QAM(e4, **qam_kwargs, rngs=rngs)
-        self.fuse = ReflectConv(e4, widths[3], 3, rngs=rngs)
+        self.fuse = ReflectConv(e4, widths[3], 3, kernel_init=kernel_init, rngs=rngs)
         self.decoder = Decoder(
             widths[3],
             start_level=4,
@@ -374,6 +396,7 @@ class GeneratorL(nnx.Module):
             upsample=upsample,
             normalize_skips=normalize_skips,
             stat_ddof=stat_ddof,
+            kernel_init=kernel_init,
             rngs=rngs,
         )
 
@@ -407,8 +430,11 @@ class SpectralConv(ReflectConv):
     `power_iterate()` does one iteration in place and is called once per discriminator step.
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel: int, *, stride: int, rngs: nnx.Rngs):
-        super().__init__(in_ch, out_ch, kernel, stride=stride, rngs=rngs)
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel: int, *, stride: int, kernel_init=HE_INIT,
+        rngs: nnx.Rngs,
+    ):  # fmt: skip
+        super().__init__(in_ch, out_ch, kernel, stride=stride, kernel_init=kernel_init, rngs=rngs)
         w = self._matrix()
         u = _l2_normalize(jax.random.normal(rngs.params(), (out_ch,)))
         self.u = SpectralState(u)
@@ -443,14 +469,18 @@ class Discriminator(nnx.Module):
     or after every block with `all_heads=True` [choice] (UEGAN's five heads).
     """
 
-    def __init__(self, *, width: int = 1, all_heads: bool = False, rngs: nnx.Rngs):
+    def __init__(
+        self, *, width: int = 1, all_heads: bool = False, kernel_init=HE_INIT, rngs: nnx.Rngs
+    ):
         chans = _scaled(DISC_CHANNELS, width)
         self.head_blocks = (1, 2, 3, 4, 5) if all_heads else (3, 5)
         in_ch = 3
         for b, (out_ch, k) in enumerate(zip(chans, DISC_KERNELS, strict=True), start=1):
-            setattr(self, f"block{b}", SpectralConv(in_ch, out_ch, k, stride=2, rngs=rngs))
+            block = SpectralConv(in_ch, out_ch, k, stride=2, kernel_init=kernel_init, rngs=rngs)
+            setattr(self, f"block{b}", block)
             if b in self.head_blocks:
-                setattr(self, f"head{b}", ReflectConv(out_ch, 1, k, use_bias=False, rngs=rngs))
+                head = ReflectConv(out_ch, 1, k, use_bias=False, kernel_init=kernel_init, rngs=rngs)
+                setattr(self, f"head{b}", head)
             in_ch = out_ch
 
     def spectral_convs(self) -> list[SpectralConv]:

@@ -52,12 +52,14 @@ class Generators(nnx.Module):
     """The two trainable generators (one optimiser)."""
 
     def __init__(self, feat_channels, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+        init = models.kernel_init(model_cfg.init, model_cfg.init_gain)
         self.g_h = models.GeneratorH(
             feat_channels,
             width=model_cfg.gen_width,
             upsample=model_cfg.upsample,
             global_residual=model_cfg.global_residual,
             zero_init_residual=model_cfg.zero_init_residual,
+            kernel_init=init,
             normalize_skips=model_cfg.normalize_skips,
             stat_ddof=model_cfg.stat_ddof,
             rngs=rngs,
@@ -75,6 +77,7 @@ class Generators(nnx.Module):
                 scale_logits=model_cfg.qam_scale_logits,
             ),
             stat_ddof=model_cfg.stat_ddof,
+            kernel_init=init,
             rngs=rngs,
         )
 
@@ -83,7 +86,12 @@ class Discriminators(nnx.Module):
     """D_H (judges high-quality images) and D_L (low-quality), one optimiser."""
 
     def __init__(self, model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        kw = dict(width=model_cfg.disc_width, all_heads=model_cfg.disc_all_heads, rngs=rngs)
+        kw = dict(
+            width=model_cfg.disc_width,
+            all_heads=model_cfg.disc_all_heads,
+            kernel_init=models.kernel_init(model_cfg.init, model_cfg.init_gain),
+            rngs=rngs,
+        )
         self.d_h = models.Discriminator(**kw)
         self.d_l = models.Discriminator(**kw)
 

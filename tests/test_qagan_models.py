@@ -267,3 +267,20 @@ def test_spectral_norm_power_iteration():
         conv.power_iterate()
     top = np.linalg.svd(w, compute_uv=False)[0]
     np.testing.assert_allclose(conv.sigma(), top, rtol=1e-4)
+
+
+def test_orthogonal_init_is_uegans():
+    init = models.kernel_init("orthogonal", 0.02)
+    d = models.Discriminator(width=16, kernel_init=init, rngs=nnx.Rngs(0))
+    for conv in (d.block2.conv, d.head3.conv):  # spectral block and plain head alike
+        k = np.asarray(conv.kernel[...])
+        w = k.reshape(-1, k.shape[-1])  # (k*k*in, out): torch's (out, in*k*k) transposed
+        np.testing.assert_allclose(w.T @ w, 0.02**2 * np.eye(w.shape[1]), atol=1e-7)
+    # The spectral vectors are those of the orthogonal kernel: sigma = 0.02.
+    d.block2.power_iterate()
+    np.testing.assert_allclose(float(d.block2.sigma()), 0.02, rtol=1e-4)
+    g = models.GeneratorL(TINY_FEATS, width=16, kernel_init=init, rngs=nnx.Rngs(0))
+    q = np.asarray(g.qam5.theta.kernel[...]).reshape(-1, g.qam5.reduced)
+    np.testing.assert_allclose(q.T @ q, 0.02**2 * np.eye(q.shape[1]), atol=1e-7)
+    with pytest.raises(ValueError, match="unknown init"):
+        models.kernel_init("xavier")

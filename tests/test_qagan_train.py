@@ -298,7 +298,7 @@ def test_config_variants_and_every_choice_is_a_switch():
     assert paper.train.batch_size == 12 and paper.loss.lambda_cc == 2.0
     assert (paper.opt.b1, paper.opt.b2, paper.opt.learning_rate) == (0.5, 0.999, 1e-4)
     assert smoke.model.vgg_width > 1 and smoke.data.image_size == 32
-    for field in ("global_residual", "zero_init_residual", "normalize_skips", "gl_skips",
+    for field in ("global_residual", "zero_init_residual", "init", "normalize_skips", "gl_skips",
                   "reference", "qam_normalization", "qam_residual", "qam_normalize_inputs",
                   "qam_scale_logits", "disc_all_heads", "upsample"):  # fmt: skip
         assert field in paper.model
