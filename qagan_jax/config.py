@@ -36,8 +36,8 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     m.qam_normalize_inputs = False  # Mean-variance-normalise f_H, f_L before the similarity
     #   projections W_theta, W_v [S].
     m.qam_scale_logits = False  # Scale the similarity logits by 1/sqrt(C').
-    m.init = "he"  # [choice] Conv kernels of G and D: "he" (LeakyReLU-gain He normal) |
-    #   "orthogonal" (the authors' UEGAN code [U]: orthogonal times init_gain).
+    m.init = "orthogonal"  # Conv kernels of G and D: "orthogonal" x init_gain, the authors'
+    #   UEGAN code [U] (layers start nearly silent) | "he" (LeakyReLU-gain He normal) [choice].
     m.init_gain = 0.02  # Gain of the orthogonal init [U].
     m.stat_ddof = 1  # Channel statistics (QAM Eq. 5, skip normalisation) sigma = sqrt(var +
     #   1e-5) with var over H*W positions / (H*W - stat_ddof): 1 = unbiased, as the authors'
