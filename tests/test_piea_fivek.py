@@ -29,7 +29,7 @@ from piea_jax.evaluation import (
     trajectory_statistics,
 )
 from piea_jax.guiders import GuiderError, load_guider, photo_critic
-from piea_jax.rendering import render_images
+from piea_jax.rendering import local_mesh, render_images
 
 PHOTOS = {1: "astronaut", 2: "coffee", 3: "chelsea", 4: "rocket", 5: "coffee", 6: "chelsea"}
 TEST_IDS = (1, 2, 3, 4, 5)  # 5: a truncated input; 6: not on the test list
@@ -194,24 +194,25 @@ def test_sweep_csv_plot_and_its_rate_equal_to_the_table(first_run):
     assert "learning-rate sweep" in stdout and "lr_sweep.png" in stdout
 
 
-def test_sweep_in_one_call_equals_separate_runs_per_rate():
-    rng = np.random.default_rng(0)
-    images = [rng.uniform(0.05, 0.4, (*SHAPE, 3)).astype(np.float32) for _ in range(2)]
-    rates = np.array([1e-3, 3e-2], np.float32)
-    sweep = enhance(images, photo_critic, steps=2, learning_rate=rates, preview_size=None)
-    for k, rate in enumerate(rates):
-        single = enhance(
-            images, photo_critic, steps=2, learning_rate=float(rate), preview_size=None
-        )
+def test_sweep_in_one_call_equals_separate_runs_per_rate(first_run, tree):
+    """The command's calls (same images, rates, mesh and steps, so its compiled programs are
+    reused): the sweep's trajectory and per-step statistics equal separate runs per rate."""
+    images = [load_image(tree / "input" / f"a{i:04d}.jpg") for i in (1, 2, 3, 4)]
+    mesh = local_mesh()
+    rates = np.array([1e-3, 1e-2], np.float32)
+    search = dict(steps=2, preview_size=None, mesh=mesh)
+    sweep = enhance(images, photo_critic, learning_rate=rates, **search)
+    for k, rate in enumerate([1e-3, 1e-2]):
+        single = enhance(images, photo_critic, learning_rate=rate, **search)
         np.testing.assert_allclose(sweep.scores[k], single.scores, rtol=1e-5)
-        for i, image in enumerate(images):
-            key = patch_key(0, f"image{i}")
+        for i in (0, 3):
+            key = patch_key(0, f"a{i + 1:04d}")
             params = {n: np.asarray(v[k, i]) for n, v in sweep.trajectory.params.items()}
-            stats = trajectory_statistics(image, params, key, chunk=2)  # (3, 16, 3)
+            stats = trajectory_statistics(images[i], params, key, mesh=mesh)  # (3, 16, 3)
+            single_params = {n: np.asarray(v[i]) for n, v in single.trajectory.params.items()}
+            rendered = render_images([images[i]] * 3, single_params, mesh=mesh)
             for t in range(3):
-                step = {n: np.asarray(v[i, t]) for n, v in single.trajectory.params.items()}
-                rendered = render_images([image], {n: v[None] for n, v in step.items()})[0]
-                np.testing.assert_allclose(stats[t], image_statistics(rendered, key), atol=2e-3)
+                np.testing.assert_allclose(stats[t], image_statistics(rendered[t], key), atol=2e-3)
 
 
 def test_figure4_from_a_test_id_and_from_a_file(first_run, tree):
