@@ -351,10 +351,19 @@ def save_text(path: str | os.PathLike, text: str, *, overwrite: bool = False) ->
     Raises:
       FileExistsError: `path` exists and `overwrite` is False.
     """
+    return save_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def save_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> Path:
+    """Writes a binary file atomically, as `save_text`.
+
+    Raises:
+      FileExistsError: `path` exists and `overwrite` is False.
+    """
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path}: file exists; not overwriting it (overwrite=False)")
-    return _write_atomically(path, lambda f: f.write(text.encode("utf-8")), overwrite=overwrite)
+    return _write_atomically(path, lambda f: f.write(data), overwrite=overwrite)
 
 
 def _write_atomically(path: Path, write, *, overwrite: bool) -> Path:

@@ -133,16 +133,23 @@ def patch_statistics(patches) -> jax.Array:
 
 def histogram_intersection(stats_a, stats_b, *, bins: int = 32) -> jax.Array:
     """Per statistic (column), Σ_bins min(h_a, h_b) of `bins`-bin histograms on [0, 1], each
-    divided by its number of patches -> (3,) in [0, 1]. stats_*: (N, 3) from `patch_statistics`."""
+    divided by its number of patches -> (3,) in [0, 1]. stats_*: (N, 3) from `patch_statistics`.
+
+    Sets of equal size (Table 1 compares paired sets) are scored as Σ min(counts) / N, one
+    rounding only, so identical sets score exactly 1; otherwise the float32 sum is capped at 1,
+    which rounding could pass by an ulp.
+    """
     stats_a, stats_b = jnp.asarray(stats_a), jnp.asarray(stats_b)
+    n_a, n_b = stats_a.shape[0], stats_b.shape[0]
 
-    def hist(values):
-        counts, _ = jnp.histogram(jnp.clip(values, 0.0, 1.0), bins=bins, range=(0.0, 1.0))
-        return counts / values.shape[0]
+    def counts(values):
+        return jnp.histogram(jnp.clip(values, 0.0, 1.0), bins=bins, range=(0.0, 1.0))[0]
 
-    return jnp.stack(
-        [
-            jnp.minimum(hist(stats_a[:, k]), hist(stats_b[:, k])).sum()
-            for k in range(stats_a.shape[1])
-        ]
-    )
+    scores = []
+    for k in range(stats_a.shape[1]):
+        counts_a, counts_b = counts(stats_a[:, k]), counts(stats_b[:, k])
+        if n_a == n_b:
+            scores.append(jnp.minimum(counts_a, counts_b).sum() / n_a)
+        else:
+            scores.append(jnp.minimum(jnp.minimum(counts_a / n_a, counts_b / n_b).sum(), 1.0))
+    return jnp.stack(scores)

@@ -52,7 +52,6 @@ from pathlib import Path
 import jax
 import numpy as np
 from absl import app, flags, logging
-from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from common import cli, distributed
@@ -64,32 +63,14 @@ from common.images import (
     save_text,
     to_uint8,
 )
-from common.nima import NIMA_BACKBONES
-from piea_jax import describe, enhance
-from piea_jax.enhance import guider_score, render, resize_preview
-from piea_jax.guiders import nima_guider, photo_critic
+from experiments import piea_flags
+from piea_jax import enhance
+from piea_jax.enhance import guider_score
+from piea_jax.figures import progression_strip
 from piea_jax.presets import PresetError, load_preset, make_preset, save_preset
 from piea_jax.rendering import local_mesh, render_images
+from piea_jax.strategy import strategy_record
 
-_OUT = flags.DEFINE_string("out", None, "Output folder (created if missing).")
-_STEPS = flags.DEFINE_integer("steps", 20, "Optimiser steps M (paper: 20).", lower_bound=1)
-_LR = flags.DEFINE_float("lr", 1e-3, "Learning rate λ (paper: 1e-3).")
-_OPTIMIZER = flags.DEFINE_string(
-    "optimizer", "sgd", "optax optimiser name: sgd (the paper's plain gradient descent), adam, …"
-)
-_GUIDER = flags.DEFINE_enum(
-    "guider", "critic", ["critic", "nima"], "critic: built-in photographic critic (not NIMA)."
-)
-_NIMA_WEIGHTS = flags.DEFINE_string(
-    "nima-weights", None, "NIMA checkpoint file, or a converted directory, for --guider nima."
-)
-_NIMA_BACKBONE = flags.DEFINE_enum(
-    "nima-backbone", None, NIMA_BACKBONES, "Format of --nima-weights (see README)."
-)
-_PREVIEW_SIZE = flags.DEFINE_integer(
-    "preview-size", 256, "Short side of the search preview; 0 searches at full resolution."
-)
-_BATCH_SIZE = flags.DEFINE_integer("batch-size", 8, "Images per compiled search.", lower_bound=1)
 _PROGRESSION = flags.DEFINE_bool("progression", False, "Also write <name>.progression.png.")
 _DEMO = flags.DEFINE_bool("demo", False, "Enhance darkened photos bundled with scikit-image.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing output files.")
@@ -105,10 +86,17 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Multi-process launch: jax.distributed.initialize() (see --help)."
 )
 
+flags.adopt_module_key_flags(piea_flags)  # --help lists the shared flags too
+_OUT = piea_flags.OUT
+_STEPS = piea_flags.STEPS
+_LR = piea_flags.LR
+_OPTIMIZER = piea_flags.OPTIMIZER
+_BATCH_SIZE = piea_flags.BATCH_SIZE
+_guider = piea_flags.guider  # (guider, its readable name, the checkpoint record or None)
+
 DEMO_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 DEMO_DARKENING = 0.35
-PROGRESSION_STEPS = (1, 5, 10, 15, 20)
-THUMBNAIL_HEIGHT = 160
+DEFAULT_PREVIEW_SIZE = 256
 
 
 class _Item:
@@ -118,35 +106,6 @@ class _Item:
         self.name = name
         self.source = source  # None for a demo photo (its pixels are in `image`)
         self.image = image
-
-
-# --- Guider ------------------------------------------------------------------------------------
-
-
-def _guider():
-    """(guider, its readable name, the checkpoint record or None)."""
-    if _GUIDER.value == "critic":
-        return photo_critic, "photo_critic (built-in photographic critic; not NIMA)", None
-    if not _NIMA_WEIGHTS.value:
-        raise app.UsageError(
-            "--guider nima needs --nima-weights PATH (a NIMA checkpoint or converted directory) "
-            "and --nima-backbone NAME; without them use --guider critic. Random-weight NIMA "
-            "scores mean nothing, so none is used silently."
-        )
-    if not _NIMA_BACKBONE.value:
-        raise app.UsageError(f"--nima-weights needs --nima-backbone: {', '.join(NIMA_BACKBONES)}")
-    from common.nima import load_nima
-    from common.weights import CheckpointError, source_sha256
-
-    path, backbone = _NIMA_WEIGHTS.value, _NIMA_BACKBONE.value
-    try:
-        model = load_nima(path, backbone=backbone)
-        sha256 = source_sha256(path)
-    except (CheckpointError, OSError, ImportError) as e:
-        raise app.UsageError(f"--nima-weights {path}: {e}") from None
-    record = {"backbone": backbone, "path": path, "sha256": sha256, "input_size": model.input_size}
-    logging.info("guider: NIMA %s from %s (sha256 %s)", backbone, path, sha256)
-    return nima_guider(model), f"NIMA ({backbone}, {path}, sha256 {sha256[:16]})", record
 
 
 # --- Inputs and outputs ------------------------------------------------------------------------
@@ -237,84 +196,13 @@ def _batches(items: list[_Item], size: int) -> Iterator[list[_Item]]:
 # --- Reports -----------------------------------------------------------------------------------
 
 
-def _to_lists(tree):
-    return jax.tree.map(lambda x: np.asarray(x).round(6).tolist(), tree)
-
-
 def _strategy_record(item, result, i, settings, full_score) -> dict:
-    params = jax.tree.map(lambda p: np.asarray(p[i]), result.params)
-    trajectory = jax.tree.map(lambda p: np.asarray(p[i]), result.trajectory.params)
-    steps = len(result.scores[i]) - 1
     return {
         "input": str(item.source) if item.source else f"skimage.data.{item.name} (demo)",
-        "strategy": describe(params),
-        "filters": _to_lists(params),
-        "raw_params": _to_lists(jax.tree.map(lambda p: p[i], result.raw_params)),
-        "scores": _to_lists(result.scores[i]),
-        "losses": _to_lists(result.trajectory.losses[i]),
+        **strategy_record(result, i),
         "score_full_resolution": round(float(full_score), 6),
-        "trajectory": [
-            {
-                "step": t,
-                "score": round(float(result.scores[i, t]), 6),
-                "strategy": describe(jax.tree.map(lambda p, t=t: p[t], trajectory)),
-                "filters": _to_lists(jax.tree.map(lambda p, t=t: p[t], trajectory)),
-            }
-            for t in range(steps + 1)
-        ],
-        "preview_shape": list(result.preview_shape),
         **settings,
     }
-
-
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: one bitmap size only.
-        return ImageFont.load_default()
-
-
-def _wrap(text: str, font, width: int) -> list[str]:
-    """Greedy wrap at ", " so that each line fits `width` pixels."""
-    lines: list[str] = []
-    for part in text.split(", "):
-        candidate = f"{lines[-1]}, {part}" if lines else part
-        if lines and font.getlength(candidate) <= width:
-            lines[-1] = candidate
-        else:
-            lines.append(part)
-    return lines
-
-
-def progression_strip(image: np.ndarray, trajectory: dict, scores, strategy: str) -> np.ndarray:
-    """Paper Fig. 4 as one picture: the raw input, then the image after steps 1, 5, 10, 15, 20
-    (those that exist, plus the last), each labelled with its score, and the strategy line."""
-    steps = len(scores) - 1
-    shown = [t for t in PROGRESSION_STEPS if t < steps] + [steps]
-    h, w = image.shape[:2]
-    size = (THUMBNAIL_HEIGHT, max(1, round(w * THUMBNAIL_HEIGHT / h)))
-    thumb = resize_preview(image, size) if h > THUMBNAIL_HEIGHT else image
-    tiles = [("Raw", np.asarray(thumb))]
-    for t in shown:
-        params = jax.tree.map(lambda p, t=t: p[t], trajectory)
-        label = f"{t} step{'s' if t > 1 else ''} · S {float(scores[t]):.2f}"
-        tiles.append((label, np.asarray(render(thumb, params))))
-    pad, label_h, line_h = 6, 20, 18
-    tw = tiles[0][1].shape[1]
-    width = pad + len(tiles) * (tw + pad)
-    font = _font(13)
-    lines = _wrap(strategy.replace("×", "x"), font, width - 2 * pad)  # the font lacks "×"
-    height = label_h + thumb.shape[0] + 2 * pad + line_h * len(lines) + pad
-    canvas = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(canvas)
-    for k, (label, tile) in enumerate(tiles):
-        x = pad + k * (tw + pad)
-        draw.text((x, pad), label, fill="black", font=font)
-        canvas.paste(Image.fromarray(to_uint8(tile)), (x, pad + label_h))
-    for k, line in enumerate(lines):
-        y = 2 * pad + label_h + thumb.shape[0] + k * line_h
-        draw.text((pad, y), line, fill="black", font=font)
-    return np.asarray(canvas)
 
 
 # --- The job -----------------------------------------------------------------------------------
@@ -436,36 +324,25 @@ def _apply_batch(batch, preset, out, protected, failures, progress, mesh) -> int
     return succeeded
 
 
-class _PathError(Exception):
-    """A bad path argument: reported as one line, before any work."""
-
-
-def _check_folder_target(flag: str, path: Path) -> None:
-    """`path` is or can become a folder: it is not a file and no parent of it is one."""
-    if path.exists() and not path.is_dir():
-        raise _PathError(f"{flag} {path}: exists and is not a folder")
-    parent = next(p for p in path.absolute().parents if p.exists())
-    if not parent.is_dir():
-        raise _PathError(f"{flag} {path}: {parent} is a file, not a folder")
-
-
 def _check_paths():
     """Checks the path arguments before any work; returns (out folder, preset or None)."""
     out = Path(_OUT.value)
-    _check_folder_target("--out", out)
+    piea_flags.check_folder_target("--out", out)
     preset = None
     if _APPLY_PRESET.value:
         try:
             preset = load_preset(_APPLY_PRESET.value)
         except PresetError as e:
-            raise _PathError(f"--apply-preset {e}") from None
+            raise piea_flags.PathError(f"--apply-preset {e}") from None
     if _SAVE_PRESET.value:
         target = Path(_SAVE_PRESET.value)
         if target.is_dir():
-            raise _PathError(f"--save-preset {target}: is a folder, not a file name")
+            raise piea_flags.PathError(f"--save-preset {target}: is a folder, not a file name")
         if target.exists() and not _OVERWRITE.value:
-            raise _PathError(f"--save-preset {target}: file exists (pass --overwrite to replace)")
-        _check_folder_target("--save-preset", target.parent)
+            raise piea_flags.PathError(
+                f"--save-preset {target}: file exists (pass --overwrite to replace)"
+            )
+        piea_flags.check_folder_target("--save-preset", target.parent)
     return out, preset
 
 
@@ -480,7 +357,7 @@ def main(argv: list[str]) -> int:
         raise app.UsageError("--save-preset and --apply-preset exclude each other")
     try:
         out, preset = _check_paths()
-    except _PathError as e:
+    except piea_flags.PathError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     # Before any JAX computation: a detected (or --distributed) multi-process launch.
@@ -497,7 +374,7 @@ def main(argv: list[str]) -> int:
         "optimizer": _OPTIMIZER.value,
         "learning_rate": _LR.value,
         "steps": _STEPS.value,
-        "preview_size": _PREVIEW_SIZE.value or None,
+        "preview_size": piea_flags.preview_size(DEFAULT_PREVIEW_SIZE),
     }
     if _DEMO.value:
         settings["demo"] = (
@@ -545,12 +422,7 @@ def main(argv: list[str]) -> int:
     into = f"into {out}" if out.exists() else f"({out} not created)"
     how = f"preset: {_APPLY_PRESET.value}" if preset is not None else f"guider: {guider_name}"
     print(f"{where}{done} of {len(items)} image(s) enhanced {into}; {how}", file=sys.stderr)
-    if failures:
-        print(f"{len(failures)} failure(s):", file=sys.stderr)
-        for failure in failures:
-            print(f"  {failure}", file=sys.stderr)
-        return 1
-    return 0
+    return piea_flags.report_failures(failures)
 
 
 if __name__ == "__main__":

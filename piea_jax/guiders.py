@@ -13,6 +13,9 @@ Two guiders live here:
   score Σ i·p_i of its softmax, with the model's own input resize inside the differentiated
   function so gradients reach the filter parameters through it.
 
+`load_guider(kind, weights, backbone)` builds either by name, with the description and
+checkpoint record that label every result made with it (what the commands call).
+
 Guiders that carry arrays (model weights) are pytrees (`NimaGuider` is one), so the enhancer
 passes the weights to its compiled search as arguments instead of baking them into the program
 as constants; a plain function such as `photo_critic` carries none.
@@ -20,12 +23,16 @@ as constants; a plain function such as `photo_critic` carries none.
 
 from __future__ import annotations
 
+import logging
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from common.nima import mean_score
 from piea_jax.filters import luminance
+
+logger = logging.getLogger(__name__)
 
 # --- The photographic critic -------------------------------------------------------------------
 
@@ -182,3 +189,60 @@ def nima_guider(model: nnx.Module, *, input_size: int | None | object = _MODEL_I
     copy.eval()
     graphdef, state = nnx.split(copy)
     return NimaGuider(graphdef, state, input_size)
+
+
+# --- Building a guider by name ------------------------------------------------------------------
+
+GUIDER_KINDS = ("critic", "nima")
+CRITIC_DESCRIPTION = "photo_critic (built-in photographic critic; not NIMA)"
+
+
+class GuiderError(ValueError):
+    """A guider that cannot be built; `str()` says which argument or file and why."""
+
+
+def load_guider(kind: str, weights: str | None = None, backbone: str | None = None):
+    """The guider a command asked for, with what to label its results with.
+
+    Args:
+      kind: "critic" (`photo_critic`, which takes no weights) or "nima".
+      weights: NIMA only: a public NIMA checkpoint file, or a directory converted once by
+        `python -m common.weights convert`.
+      backbone: NIMA only: the checkpoint's format, one of `common.nima.NIMA_BACKBONES`.
+
+    Returns:
+      (guider, description, record): the guider; one readable line naming it (for NIMA the
+      backbone, path and the first 16 hex digits of the checkpoint's SHA-256); and None for the
+      critic, else {"backbone", "path", "sha256", "input_size"} (the SHA-256 of the source
+      checkpoint, also for a converted directory).
+
+    Raises:
+      GuiderError: an unknown kind, NIMA without weights or backbone (there is no random-weight
+        NIMA: its scores would mean nothing), or weights that cannot be loaded (the message
+        starts with the path).
+    """
+    if kind not in GUIDER_KINDS:
+        raise GuiderError(f"unknown guider {kind!r}: one of {', '.join(GUIDER_KINDS)}")
+    if kind == "critic":
+        return photo_critic, CRITIC_DESCRIPTION, None
+    if not weights:
+        raise GuiderError("a NIMA guider needs weights (a checkpoint or a converted directory)")
+    if not backbone:
+        raise GuiderError(f"{weights}: a NIMA guider needs the checkpoint's backbone")
+    from common.nima import load_nima  # noqa: PLC0415  (NIMA's ports load only when asked for)
+    from common.weights import CheckpointError, source_sha256  # noqa: PLC0415
+
+    try:
+        model = load_nima(weights, backbone=backbone)
+        sha256 = source_sha256(weights)
+    except (CheckpointError, OSError, ImportError) as e:
+        raise GuiderError(f"{weights}: {e}") from None
+    record = {
+        "backbone": backbone,
+        "path": weights,
+        "sha256": sha256,
+        "input_size": model.input_size,
+    }
+    logger.info("guider: NIMA %s from %s (sha256 %s)", backbone, weights, sha256)
+    description = f"NIMA ({backbone}, {weights}, sha256 {sha256[:16]})"
+    return nima_guider(model), description, record

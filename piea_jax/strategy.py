@@ -89,3 +89,44 @@ def describe(physical: Mapping[str, object]) -> str:
     """
     items = strategy_items(physical)
     return ", ".join(text for _, text in items) if items else "Identity (no change)"
+
+
+def _to_lists(tree):
+    return jax.tree.map(lambda x: np.asarray(x).round(6).tolist(), tree)
+
+
+def strategy_record(result, i: int) -> dict:
+    """What a search found for image `i` of an `EnhanceResult` (no learning-rate sweep), as
+    JSON-ready values rounded to 6 decimals: "strategy" (the readable line), "filters"
+    (physical values), "raw_params", "scores" and "losses" (steps 0..M), "trajectory" (per
+    step: score, readable line, physical values) and "preview_shape"."""
+    params = jax.tree.map(lambda p: np.asarray(p[i]), result.params)
+    trajectory = jax.tree.map(lambda p: np.asarray(p[i]), result.trajectory.params)
+    scores = np.asarray(result.scores[i])
+    return {
+        "strategy": describe(params),
+        "filters": _to_lists(params),
+        "raw_params": _to_lists(jax.tree.map(lambda p: p[i], result.raw_params)),
+        "scores": _to_lists(scores),
+        "losses": _to_lists(result.trajectory.losses[i]),
+        "trajectory": [
+            {
+                "step": t,
+                "score": round(float(scores[t]), 6),
+                "strategy": describe(jax.tree.map(lambda p, t=t: p[t], trajectory)),
+                "filters": _to_lists(jax.tree.map(lambda p, t=t: p[t], trajectory)),
+            }
+            for t in range(len(scores))
+        ],
+        "preview_shape": list(result.preview_shape),
+    }
+
+
+def trajectory_from_record(record: Mapping) -> dict[str, np.ndarray]:
+    """The physical parameters at steps 0..M, {name: (M + 1, ...)}, from a `strategy_record`
+    (e.g. read back from a strategy JSON)."""
+    steps = record["trajectory"]
+    return {
+        name: np.asarray([step["filters"][name] for step in steps], np.float32)
+        for name in steps[0]["filters"]
+    }
