@@ -58,7 +58,6 @@ import csv
 import dataclasses
 import io
 import json
-import logging as std_logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +66,7 @@ import numpy as np
 from absl import app, flags
 from tqdm import tqdm
 
+from common import cli
 from common.images import ImageLoadError, load_image, save_bytes, save_image, save_text
 from experiments import piea_flags
 from piea_jax import FILTER_ORDER, enhance
@@ -572,12 +572,7 @@ def _figure4(spec: str, test_set, run, guider, failures, mesh) -> Path | None:
 
 
 def main(argv: list[str]) -> int:
-    # JAX logs at INFO that it found no TPU plugin, TFDS (through absl) what it opens; absl shows
-    # INFO by default. TFDS also recommends OpenCV for decoding the demo set's few images.
-    std_logging.getLogger("jax").setLevel(std_logging.WARNING)
-    absl_logger = std_logging.getLogger("absl")
-    absl_logger.setLevel(std_logging.WARNING)
-    absl_logger.addFilter(lambda record: "OpenCV is not installed" not in record.getMessage())
+    cli.quiet_library_logs()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     rates = _parse_rates(_LR_SWEEP.value)
