@@ -83,7 +83,8 @@ def test_demo_metadata_records_the_recipe_and_the_split(demo_set):
     assert 0.25 <= meta["degradations"][meta["ids"]["test"][0]]["exposure_scale"] <= 1.0
 
 
-def test_a_changed_recipe_is_built_afresh(cache, monkeypatch):
+def test_a_changed_recipe_is_built_afresh(cache, demo_set, monkeypatch):
+    # demo_set: the default recipe's set is in this cache whichever worker runs this test.
     small = dict(demo.RECIPE, photos=["coffee", "rocket"], train_per_photo=1, seed=5)
     small.update(val_pairs=1, test_pairs=2)
     old = demo.recipe_hash()
