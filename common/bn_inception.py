@@ -366,6 +366,10 @@ def _imagenet_tensors(path) -> tuple[dict[str, np.ndarray], str]:
     return _squeeze_bn(tensors), source
 
 
+def _full_width_backbone() -> BNInception:
+    return BNInception(rngs=nnx.Rngs(0))
+
+
 def load_bn_inception(path) -> BNInception:
     """The ImageNet BN-Inception backbone (width 1), in evaluation mode.
 
@@ -383,7 +387,7 @@ def load_bn_inception(path) -> BNInception:
     from tsn-pytorch's loader, which squeezes them), are read as (C,). Wrappers ("state_dict",
     DataParallel's "module.") are removed first.
     """
-    model = weights.empty_module(lambda: BNInception(rngs=nnx.Rngs(0)))
+    model = weights.cached_empty_module(_full_width_backbone)
     if weights.is_converted(path):
         tensors = weights.read_converted(path, format=IMAGENET_FORMAT)
         entries, source, ignore = weights.module_entries(model), str(path), lambda k: False
@@ -424,7 +428,7 @@ def nima_bn_inception(tensors: Mapping[str, np.ndarray], *, source: str) -> Nima
     Raises:
       CheckpointMismatchError: a missing, unexpected or wrongly shaped key (named, with shapes).
     """
-    model = weights.empty_module(make_nima_bn_inception)
+    model = weights.cached_empty_module(make_nima_bn_inception)
     entries = bn_inception_entries(path=("backbone",)) + [
         Entry("last_linear.weight", ("head", "kernel"), LINEAR),
         Entry("last_linear.bias", ("head", "bias")),

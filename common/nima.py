@@ -219,7 +219,10 @@ def load_nima(path, *, backbone: str) -> Nima:
         tensors = weights.read_converted(converted, format=backbone)
         arch = weights.read_manifest(converted).get("arch") or {}
         _check_arch(backbone, arch, what=f"{converted}: manifest arch")
-        model = weights.empty_module(functools.partial(make, **arch))
+        try:
+            model = weights.cached_empty_module(make, **arch)
+        except TypeError:  # unhashable arch values (lists): trace the structure again
+            model = weights.empty_module(functools.partial(make, **arch))
         weights.load_entries(model, tensors, weights.module_entries(model), source=str(converted))
     else:
         if Path(path).is_dir():
