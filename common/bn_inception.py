@@ -388,15 +388,19 @@ def load_bn_inception(path) -> BNInception:
     DataParallel's "module.") are removed first.
     """
     model = weights.cached_empty_module(_full_width_backbone)
+    _fill(model, path)
+    model.eval()
+    return model
+
+
+def _fill(backbone: BNInception, path) -> None:
     if weights.is_converted(path):
         tensors = weights.read_converted(path, format=IMAGENET_FORMAT)
-        entries, source, ignore = weights.module_entries(model), str(path), lambda k: False
+        entries, source, ignore = weights.module_entries(backbone), str(path), lambda k: False
     else:
         tensors, source = _imagenet_tensors(path)
         entries, ignore = bn_inception_entries(), _imagenet_unused
-    weights.load_entries(model, tensors, entries, source=source, ignore=ignore)
-    model.eval()
-    return model
+    weights.load_entries(backbone, tensors, entries, source=source, ignore=ignore)
 
 
 def load_imagenet_into(backbone: BNInception, path) -> None:
@@ -412,8 +416,7 @@ def load_imagenet_into(backbone: BNInception, path) -> None:
             f"ImageNet BN-Inception weights fit only the full-width network; this one has "
             f"width {backbone.width} (a smoke configuration trains from random weights)"
         )
-    pretrained = load_bn_inception(path)
-    nnx.update(backbone, nnx.state(pretrained, nnx.Any(nnx.Param, nnx.BatchStat)))
+    _fill(backbone, path)
 
 
 def nima_bn_inception(tensors: Mapping[str, np.ndarray], *, source: str) -> Nima:

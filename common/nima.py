@@ -420,7 +420,11 @@ def save_nima(
     make, _ = _builders(backbone)
     _check_arch(backbone, arch, what="save_nima")
     json.dumps({"arch": arch, "run": run})  # TypeError now, not a half-written directory
-    expected = _variable_shapes(nnx.eval_shape(functools.partial(make, **arch)))
+    try:
+        abstract = weights.cached_empty_module(make, **arch)
+    except TypeError:  # unhashable arch values
+        abstract = nnx.eval_shape(functools.partial(make, **arch))
+    expected = _variable_shapes(abstract)
     got = _variable_shapes(model)
     if got != expected:
         diff = sorted(set(got.items()) ^ set(expected.items()))[:4]

@@ -27,6 +27,11 @@ def _forward(model, x):
     return model(x)
 
 
+@nnx.jit
+def _forward_with_map(nima, x):
+    return nima.backbone(x), nima(x)
+
+
 def _jit_apply(module):
     """An evaluation-mode copy of `module` as a jitted function of images."""
     copy = nnx.merge(*nnx.split(module))
@@ -63,15 +68,15 @@ def test_entry_keys_are_the_definitions_state_dict():
     assert len(bni.layer_names()) == 69 and len(keys) == 69 * 6
 
 
-def test_imagenet_backbone_matches_numpy_reference(imagenet):
+def test_imagenet_file_fills_every_variable(imagenet):
     state, path = imagenet
     model = bni.load_bn_inception(path)
     assert model.conv1_7x7_s2.bn.use_running_average  # loaded in evaluation mode
-    x = _images()
-    want, _ = ref.bn_inception_forward(state, x)
-    got = _jit_apply(model)(x)
-    _assert_close(got, want.transpose(0, 2, 3, 1), "inception_5b_output")
-    assert np.abs(want[0] - want[1]).max() > 10 * TOL * np.abs(want).max()  # images differ
+    flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))))
+    assert len(flat) == len(bni.bn_inception_entries())
+    for entry in bni.bn_inception_entries():
+        want = entry.layout.to_model(state[entry.key])
+        np.testing.assert_array_equal(np.asarray(flat[entry.path][...]), want, err_msg=entry.key)
 
 
 def test_structure_and_sizes():
@@ -116,7 +121,7 @@ def test_narrow_width_matches_numpy_reference(narrow):
     _assert_close(_jit_apply(model)(x), want.transpose(0, 2, 3, 1), "width 0.25")
 
 
-def test_nima_state_dict_through_load_nima(imagenet, tmp_path):
+def test_nima_state_dict_matches_numpy_reference_through_load_nima(imagenet, tmp_path):
     backbone, _ = imagenet
     rng = np.random.default_rng(13)
     state = {k: v for k, v in backbone.items() if not k.startswith("last_linear.")}
@@ -127,11 +132,12 @@ def test_nima_state_dict_through_load_nima(imagenet, tmp_path):
     model = load_nima(path, backbone="bn_inception")
     assert model.input_size == 224 and model.pool == "avg" and model.dropout.deterministic
     x = _images(2, 64, seed=2)
-    _, want = ref.bn_inception_forward(state, x)
+    want_map, want = ref.bn_inception_forward(state, x)
     assert 0.02 < want.max() - want.min() and want.max() < 0.9  # neither flat nor saturated
     assert np.abs(want[0] - want[1]).max() > 10 * TOL
-    got = np.asarray(_jit_apply(model)(x))
-    assert np.abs(got - want).max() <= TOL
+    got_map, got = _forward_with_map(model, x)
+    _assert_close(got_map, want_map.transpose(0, 2, 3, 1), "inception_5b_output")
+    assert np.abs(np.asarray(got) - want).max() <= TOL
 
     bad = dict(state, **{"last_linear.weight": backbone["last_linear.weight"]})
     with pytest.raises(CheckpointMismatchError, match=r"'last_linear.weight'.*\(1000, 1024\)"):
