@@ -240,7 +240,10 @@ def cached_empty_module(make: Callable[..., nnx.Module], **kwargs) -> nnx.Module
     merges the recorded graph with its abstract variables into a new module. `make` must be
     hashable by identity (a module-level function) and `kwargs` hashable values.
     """
-    return nnx.merge(*_empty_parts(make, tuple(sorted(kwargs.items()))))
+    graphdef, state = _empty_parts(make, tuple(sorted(kwargs.items())))
+    # New Variable objects (the leaves are shared, immutable): `merge` would otherwise put the
+    # cached Variables themselves into the module, and a load would fill every later copy.
+    return nnx.merge(graphdef, jax.tree.map(lambda leaf: leaf, state))
 
 
 # --------------------------------------------------------------------------------------------

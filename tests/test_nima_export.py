@@ -34,18 +34,15 @@ def _scores(model, x):
 
 @pytest.fixture(scope="module")
 def trained():
-    """A narrow BN-Inception NIMA whose batch norms have seen data (running statistics differ
-    from their initial values) and whose head is not the initial one."""
+    """A narrow BN-Inception NIMA as training leaves one: running statistics away from their
+    initial values (so that saving them matters) and a head that scores images differently."""
     model = make_nima("bn_inception", rngs=nnx.Rngs(3), **ARCH)
-    model.train()
-    _forward(model, ref.sample_images((4, 64, 64, 3), seed=1))
-    assert np.abs(np.asarray(model.backbone.conv1_7x7_s2.bn.mean[...])).max() > 1.0
-    # A head scaled to the features' size, so that different images score differently.
-    copy = nnx.merge(*nnx.split(model))
-    copy.eval()
-    pooled = np.asarray(_forward(copy.backbone, ref.sample_images((2, 64, 64, 3), 2))).mean((1, 2))
     rng = np.random.default_rng(4)
-    model.head.kernel[...] = rng.standard_normal((256, 10)) / np.linalg.norm(pooled, axis=1).max()
+    for _, var in nnx.to_flat_state(nnx.state(model, nnx.BatchStat)):
+        shape = var.get_value().shape
+        var.set_value(rng.uniform(0.5, 1.5, shape) if var.get_value()[0] == 1 else
+                      rng.normal(0.0, 0.5, shape))  # fmt: skip
+    model.head.kernel[...] = rng.standard_normal((256, 10)) * 1e-3
     return model
 
 
@@ -249,3 +246,13 @@ def test_piea_enhance_guided_by_a_work_directory(trained, tmp_path, capsys):
     }
     assert len(record["scores"]) == 2 and all(1 <= s <= 10 for s in record["scores"])
     assert Image.open(out / "photo.png").size == (32, 24)
+
+
+def test_cached_empty_modules_do_not_share_variables():
+    def make():
+        return nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+
+    a = weights.cached_empty_module(make)
+    a.kernel.set_value(np.ones((2, 3), np.float32))
+    b = weights.cached_empty_module(make)
+    assert b.kernel is not a.kernel and isinstance(b.kernel.get_value(), jax.ShapeDtypeStruct)
