@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
     from qagan_jax import evaluate, train, trainer  # noqa: PLC0415
 
     try:
-        workdir, step = _checkpoint_location(Path(_CHECKPOINT.value))
+        workdir, step = _checkpoint_location(Path(_CHECKPOINT.value).absolute())
         config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
         mesh = train.make_mesh(jax.local_devices())
         state, step = trainer.restore_state(workdir, config, mesh, step)

@@ -25,6 +25,7 @@ launch environment is detected (`common.distributed`), or pass `--coordinator ho
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -87,7 +88,8 @@ def main(argv: list[str]) -> int:
     config = _CONFIG.value or qagan_config.get_config("demo" if demo else "paper")
     if _VGG_WEIGHTS.value:
         config.model.vgg_weights = _VGG_WEIGHTS.value
-    workdir = _WORKDIR.value or f"workdirs/qagan_{kind}"
+    # Absolute: Orbax refuses relative checkpoint paths.
+    workdir = Path(_WORKDIR.value or f"workdirs/qagan_{kind}").absolute()
     try:
         result = trainer.train_and_evaluate(
             config,

@@ -175,10 +175,11 @@ def test_qagan_enhance_corpus_with_broken_files_at_odd_sizes(tmp_path):
     (photos / "empty.jpg").write_bytes(b"")
     before = {p.name: p.read_bytes() for p in photos.iterdir()}
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "experiments.qagan_enhance", "--checkpoint",
-           str(tmp_path / "run"), str(photos), "--out", str(out), "--batch-size", "2"]  # fmt: skip
+    # Relative paths, as users type them (Orbax itself wants absolute ones).
+    cmd = [sys.executable, "-m", "experiments.qagan_enhance", "--checkpoint", "run", "photos",
+           "--out", "out", "--batch-size", "2"]  # fmt: skip
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 1, run.stderr
     assert "broken.png" in run.stderr and "empty.jpg" in run.stderr
     assert "3 of 5 image(s) enhanced" in run.stderr
@@ -186,11 +187,11 @@ def test_qagan_enhance_corpus_with_broken_files_at_odd_sizes(tmp_path):
     assert np.asarray(Image.open(out / "a.png")).shape == (37, 50, 3)
     assert np.asarray(Image.open(out / "b.png")).shape == (16, 16, 3)
     assert {p.name: p.read_bytes() for p in photos.iterdir()} == before  # inputs untouched
-    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 1 and "output exists" in again.stderr  # no silent overwrite
 
 
-def _cli(workdir, *extra, devices=2, cache=None, port=None, process=None):
+def _cli(workdir, *extra, devices=2, cache=None, port=None, process=None, cwd=ROOT):
     """`python -m experiments.qagan_fivek` on the demo set with the smoke config, as a process."""
     env = dict(
         os.environ,
@@ -201,11 +202,11 @@ def _cli(workdir, *extra, devices=2, cache=None, port=None, process=None):
         "--xla_backend_optimization_level=0",
     )
     cmd = [sys.executable, "-m", "experiments.qagan_fivek", "--workdir", str(workdir),
-           "--config", "qagan_jax/config.py:smoke", *extra]  # fmt: skip
+           "--config", f"{ROOT / 'qagan_jax/config.py'}:smoke", *extra]  # fmt: skip
     if port is not None:
         cmd += ["--coordinator", f"localhost:{port}", "--num-processes", "2",
                 "--process-id", str(process)]  # fmt: skip
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
 
 
@@ -218,7 +219,8 @@ def test_sigkill_mid_run_then_restart_resumes_and_finishes(tmp_path):
     steps = ["--config.opt.steps_per_epoch=6", "--config.opt.num_epochs=1",
              "--config.train.checkpoint_every=2", "--config.train.sample_every=0"]  # fmt: skip
     workdir = tmp_path / "run"
-    proc = _cli(workdir, *steps, cache=tmp_path / "cache")
+    # A relative --workdir, as users type it (Orbax itself wants absolute paths).
+    proc = _cli("run", *steps, cache=tmp_path / "cache", cwd=tmp_path)
     checkpoints = workdir / "checkpoints"
     deadline = time.time() + 600
     while not (checkpoints / "2" / "commit_success.txt").exists() and proc.poll() is None:
@@ -230,7 +232,7 @@ def test_sigkill_mid_run_then_restart_resumes_and_finishes(tmp_path):
     partial = checkpoints / "5.orbax-checkpoint-tmp-1"
     partial.mkdir()
     (partial / "state").mkdir()
-    restart = _cli(workdir, *steps, cache=tmp_path / "cache")
+    restart = _cli("run", *steps, cache=tmp_path / "cache", cwd=tmp_path)
     out, _ = restart.communicate(timeout=600)
     assert restart.returncode == 0, out
     starts = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()
