@@ -1013,6 +1013,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     conv.add_argument("--overwrite", action="store_true", help="replace an earlier conversion")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("jax").setLevel(logging.WARNING)  # not its backend probe at INFO
     try:
         manifest = convert(args.src, format=args.format, out=args.out, overwrite=args.overwrite)
     except (CheckpointError, OSError, ValueError) as e:

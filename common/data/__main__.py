@@ -21,6 +21,7 @@ from pathlib import Path
 
 from absl import app, flags
 
+from common import cli
 from common.data import demo, fivek, records
 
 _DATA_DIR = flags.DEFINE_string("data-dir", None, "The FiveK folder (any known layout).")
@@ -103,6 +104,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[1] not in ("build", "info"):
         print(USAGE, file=sys.stderr)
         return 2
+    cli.quiet_library_logs()
     try:
         return _build() if argv[1] == "build" else _info()
     except (fivek.LayoutError, fivek.StaleBuildError, FileNotFoundError, ValueError) as e:
