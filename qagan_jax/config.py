@@ -43,6 +43,8 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
     #   1e-5) with var over H*W positions / (H*W - stat_ddof): 1 = unbiased, as the authors'
     #   calc_mean_std [U]; 0 = biased. A 1x1 map divides by 1 (variance 0), never NaN.
     m.disc_all_heads = False  # [choice] Heads after all five D blocks (UEGAN) instead of 3, 5.
+    m.disc_head = "tanh"  # D head logits: "tanh" [U]; "linear" [choice]: unbounded, so a D whose
+    #   features grew cannot saturate its heads and stop learning (models.Discriminator).
     m.compute_dtype = "float32"  # "bfloat16": convolutions and activations in bfloat16 (GPU and
     #   TPU); parameters, optimiser states, QAM softmax and statistics and losses stay float32.
 
@@ -97,10 +99,13 @@ def get_config(variant: str = "paper") -> ml_collections.ConfigDict:
         # networks at half width (the VGG-19 encoder full, so --vgg-weights loads), 256 crops
         # resized to 64 (the paper's 4x ratio to the test size), batch 4, 300 steps with the
         # paper's rate (linear decay over the last third), and G_H's global residual [U] so
-        # that it starts near the identity instead of from noise. Not a paper setting.
+        # that it starts near the identity instead of from noise; linear D heads, because with
+        # tanh heads both discriminators saturate here by step ~150 (every head logit +1 on
+        # real and fake, d_h = d_l = 2.000 from then on) and stop learning. Not a paper setting.
         m.gen_width = 2
         m.disc_width = 2
         m.global_residual = True
+        m.disc_head = "linear"
         d.image_size = 64
         o.steps_per_epoch = 20
         o.decay_start_epoch = 10

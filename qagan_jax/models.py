@@ -461,18 +461,30 @@ class SpectralConv(ReflectConv):
 
 
 class Discriminator(nnx.Module):
-    """Multi-scale discriminator: `d(x)` -> list of head logits (N, h, w, 1) in (-1, 1).
+    """Multi-scale discriminator: `d(x)` -> list of head logits (N, h, w, 1).
 
     Five blocks (conv7 3->32, 32->64, 64->128, conv5 128->256, 256->512; stride 2, reflection
     pad, spectral norm, bias, LeakyReLU) [U]. Heads: stride-1 conv to one channel with the
-    block's kernel size, no bias, no spectral norm, then tanh [U], after blocks 3 and 5 [P]
-    or after every block with `all_heads=True` [choice] (UEGAN's five heads).
+    block's kernel size, no bias, no spectral norm, then tanh [U] (logits in (-1, 1)), after
+    blocks 3 and 5 [P] or after every block with `all_heads=True` [choice] (UEGAN's five
+    heads). `head_activation="linear"` [choice] leaves the head logits unbounded, as hinge-loss
+    GANs usually do: spectral norm bounds the blocks' kernels but not their biases, and when
+    the features grow the tanh saturates, its gradient vanishes and D stops learning for good.
     """
 
     def __init__(
-        self, *, width: int = 1, all_heads: bool = False, kernel_init=HE_INIT, rngs: nnx.Rngs
+        self,
+        *,
+        width: int = 1,
+        all_heads: bool = False,
+        head_activation: str = "tanh",
+        kernel_init=HE_INIT,
+        rngs: nnx.Rngs,
     ):
+        if head_activation not in ("tanh", "linear"):
+            raise ValueError(f"unknown head activation {head_activation!r}: tanh | linear")
         chans = _scaled(DISC_CHANNELS, width)
+        self.head_activation = head_activation
         self.head_blocks = (1, 2, 3, 4, 5) if all_heads else (3, 5)
         in_ch = 3
         for b, (out_ch, k) in enumerate(zip(chans, DISC_KERNELS, strict=True), start=1):
@@ -496,7 +508,8 @@ class Discriminator(nnx.Module):
         for b in range(1, 6):
             x = act(getattr(self, f"block{b}")(x))
             if b in self.head_blocks:
-                heads.append(jnp.tanh(getattr(self, f"head{b}")(x)))
+                logits = getattr(self, f"head{b}")(x)
+                heads.append(jnp.tanh(logits) if self.head_activation == "tanh" else logits)
         return heads
 
 

@@ -89,6 +89,7 @@ class Discriminators(nnx.Module):
         kw = dict(
             width=model_cfg.disc_width,
             all_heads=model_cfg.disc_all_heads,
+            head_activation=model_cfg.get("disc_head", "tanh"),
             kernel_init=models.kernel_init(model_cfg.init, model_cfg.init_gain),
             rngs=rngs,
         )

@@ -96,6 +96,17 @@ def test_discriminator_heads(all_heads):
     assert all(float(jnp.max(jnp.abs(h))) < 1.0 for h in heads)
 
 
+def test_linear_discriminator_heads_are_the_tanh_heads_logits():
+    x = 50.0 * uniform(0, (2, 32, 32, 3))  # large inputs: saturated tanh heads
+    tanh = run(build(models.Discriminator, width=16, seed=0), x)
+    linear = run(build(models.Discriminator, width=16, head_activation="linear", seed=0), x)
+    assert max(float(jnp.max(jnp.abs(h))) for h in linear) > 1.0  # unbounded
+    for t, lin in zip(tanh, linear, strict=True):
+        np.testing.assert_allclose(t, jnp.tanh(lin), atol=1e-6)
+    with pytest.raises(ValueError, match="relu"):
+        models.Discriminator(width=16, head_activation="relu", rngs=nnx.Rngs(0))
+
+
 def _conv(k, a, b, bias=True):
     return k * k * a * b + (b if bias else 0)
 
