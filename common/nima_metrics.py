@@ -35,8 +35,9 @@ def emd(p, q, *, r: float = 2.0) -> jax.Array:
     p, q = jnp.asarray(p), jnp.asarray(q)
     diff = jnp.abs(jnp.cumsum(p, axis=-1) - jnp.cumsum(q, axis=-1))
     mean_power = jnp.mean(diff**r, axis=-1)
-    safe = jnp.where(mean_power > 0, mean_power, 1.0)
-    return jnp.where(mean_power > 0, safe ** (1.0 / r), 0.0)
+    # Guard on == 0, not > 0: a NaN must stay NaN (training stops on it), not become 0.
+    zero = mean_power == 0
+    return jnp.where(zero, 0.0, jnp.where(zero, 1.0, mean_power) ** (1.0 / r))
 
 
 def emd_loss(p, q, *, r: float = 2.0) -> jax.Array:

@@ -208,9 +208,21 @@ def _seed_dropout(model: nnx.Module, key: jax.Array) -> None:
     variables come from outside the current trace (the stored `TrainState.rng` is only there
     to keep the GraphDef whole).
     """
-    dropouts = [m for _, m in model.iter_modules() if isinstance(m, nnx.Dropout)]
+    dropouts = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.Dropout)]
     for i, layer in enumerate(dropouts):
         layer.rngs = nnx.Rngs(dropout=jax.random.fold_in(key, i)).dropout
+
+
+def training_loss(params, state: TrainState, batch, dropout_key):
+    """(batch-mean EMD, updated batch statistics) of the model with `params` in training mode;
+    the dropout masks come from `dropout_key`."""
+    # Fresh Variables of this trace (tree.map rebuilds them): NNX refuses to update batch
+    # statistics held in Variables that belong to an enclosing trace.
+    batch_stats = jax.tree.map(lambda x: x, state.batch_stats)
+    model = nnx.merge(state.graphdef, params, batch_stats, state.rng)
+    _seed_dropout(model, dropout_key)
+    probs = model(batch["image"])
+    return nima_metrics.emd_loss(probs, batch["dist"]), nnx.state(model, nnx.BatchStat)
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], key: jax.Array):
@@ -225,16 +237,9 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], key: jax.Array
       (new state, metrics): `loss` (batch-mean EMD), `lr_head`, `lr_backbone` (at this step),
       `finite` (1 if the loss was finite; if not, the returned state is the input state).
     """
-    step_key = jax.random.fold_in(key, state.step)
-
-    def loss_fn(params):
-        model = nnx.merge(state.graphdef, params, state.batch_stats, state.rng)
-        _seed_dropout(model, step_key)
-        probs = model(batch["image"])
-        batch_stats = nnx.state(model, nnx.BatchStat)
-        return nima_metrics.emd_loss(probs, batch["dist"]), batch_stats
-
-    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, batch_stats), grads = jax.value_and_grad(training_loss, has_aux=True)(
+        state.params, state, batch, jax.random.fold_in(key, state.step)
+    )
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss)
