@@ -29,7 +29,6 @@ stops. A finished work directory only prints its stored table.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -39,13 +38,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import nnx, struct
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
@@ -58,15 +55,18 @@ from common.nima import mean_score
 from common.training import (
     MetricsWriter,
     batch_sharding,
-    check_finite,
     checkpoint_manager,
-    interrupt_handler,
+    fetch_window,
     is_main,
+    loop_context,
     make_batch,
     make_mesh,
     prepare_workdir,
     replicated,
-    window_record,
+    restore_checkpoint,
+    restore_latest,
+    save_checkpoint,
+    sharded_abstract,
     write_json,
 )
 
@@ -381,25 +381,13 @@ def format_table(result: Mapping, *, title: str, label: str) -> str:
 
 
 def _abstract_state(config, mesh) -> TrainState:
-    abstract = abstract_train_state(config, jax.random.key(config.seed))
-    shardings = state_shardings(abstract, mesh)
-    return jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
-    )
+    # The states are replicated (state_shardings): every leaf on every device.
+    return sharded_abstract(abstract_train_state(config, jax.random.key(config.seed)), mesh)
 
 
 def restore_state(workdir, config, mesh, step: int | None = None) -> tuple[TrainState, int]:
-    """(TrainState, step) of the latest (or given) complete checkpoint of a work directory."""
-    workdir = Path(workdir)
-    with ocp.CheckpointManager(workdir / "checkpoints") as manager:
-        step = manager.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"{workdir}: no complete checkpoint in {workdir}/checkpoints")
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract_state(config, mesh))),
-        )
-    return restored["state"], step
+    """(TrainState, step) of the latest (or given) complete checkpoint in a work directory."""
+    return restore_latest(Path(workdir), _abstract_state(config, mesh), step)
 
 
 def train_and_evaluate(
@@ -454,14 +442,7 @@ def train_and_evaluate(
     manager = checkpoint_manager(workdir, t.keep_checkpoints)
     start = manager.latest_step() or 0
     if start:
-        restored = manager.restore(
-            start,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(_abstract_state(config, mesh)),
-                data=grain.checkpoint.CheckpointRestore(data_iter),
-            ),
-        )
-        state = restored["state"]
+        state = restore_checkpoint(manager, start, _abstract_state(config, mesh), data_iter)
         logger.info("resumed from %s at step %d", workdir / "checkpoints", start)
     sharding = batch_sharding(mesh)
     crop = config.data.crop
@@ -483,24 +464,10 @@ def train_and_evaluate(
     )  # fmt: skip
     end = num_steps if stop_after is None else min(num_steps, stop_after)
 
-    def save(step, state):
-        manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(data_iter),
-            ),
-        )
-
     pending: list[tuple[int, dict]] = []
     step = start
     window_start = time.perf_counter()
-    bar = tqdm(total=num_steps, initial=start, desc="NIMA", unit="step", disable=not is_main())
-    with contextlib.ExitStack() as stack:
-        interrupt = stack.enter_context(interrupt_handler())
-        stack.callback(manager.close)
-        stack.callback(manager.wait_until_finished)
-        stack.callback(bar.close)
+    with loop_context(manager, total=num_steps, initial=start, desc="NIMA") as (interrupt, bar):
         while step < end and not interrupt.requested:
             batch = make_batch(next(data_iter), sharding)
             state, metrics = step_fn(state, batch, key)
@@ -511,18 +478,15 @@ def train_and_evaluate(
             checkpoint_now = step % t.checkpoint_every == 0 or last or interrupt.requested
             if step % t.log_every == 0 or checkpoint_now:
                 # The one host sync: every step's metrics since the last one, NaN check first.
-                fetched = jax.device_get(pending)
-                pending = []
-                for s, m in fetched:
-                    check_finite(m, s, what="NIMA")
-                record = window_record(
-                    fetched, elapsed=time.perf_counter() - window_start, batch_size=t.batch_size
+                elapsed = time.perf_counter() - window_start
+                record = fetch_window(
+                    pending, elapsed=elapsed, batch_size=t.batch_size, what="NIMA"
                 )
                 metrics_log.write(type="train", step=step, **record)
                 bar.set_postfix(emd=f"{record['loss']:.4f}", refresh=False)
                 window_start = time.perf_counter()
             if checkpoint_now:
-                save(step, state)
+                save_checkpoint(manager, step, state, data_iter)
             if t.eval_every and step % t.eval_every == 0 and not last and len(data.val):
                 result = evaluate(
                     eval_fn, state, data.val, mesh, batch_size=config.eval.batch_size,

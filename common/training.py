@@ -23,6 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import grain
 import jax
 import ml_collections
 import numpy as np
@@ -216,3 +217,77 @@ def window_record(
     record["steps_per_s"] = len(fetched) / elapsed
     record["examples_per_s"] = len(fetched) * batch_size / elapsed
     return record
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, step: int, state, data_iter) -> None:
+    """Saves the state and the grain iterator's position as checkpoint `step` (asynchronous)."""
+    manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iter),
+        ),
+    )
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager, step: int, abstract_state, data_iter):
+    """The state of checkpoint `step` (shaped and sharded as `abstract_state`); restores the
+    grain iterator's position in place."""
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=grain.checkpoint.CheckpointRestore(data_iter),
+        ),
+    )
+    return restored["state"]
+
+
+@contextlib.contextmanager
+def loop_context(
+    manager: ocp.CheckpointManager, *, total: int, initial: int, desc: str
+) -> Iterator[tuple[Interrupt, tqdm]]:
+    """(interrupt flag, progress bar) for a training loop; on exit closes the bar, waits for the
+    last checkpoint, closes the manager and restores the SIGINT handler."""
+    bar = tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not is_main())
+    with contextlib.ExitStack() as stack:
+        interrupt = stack.enter_context(interrupt_handler())
+        stack.callback(manager.close)
+        stack.callback(manager.wait_until_finished)
+        stack.callback(bar.close)
+        yield interrupt, bar
+
+
+def fetch_window(
+    pending: list[tuple[int, Any]], *, elapsed: float, batch_size: int, what: str
+) -> dict[str, float]:
+    """The one host sync of a log window: fetches every step's metrics, stops on a non-finite
+    loss (`check_finite`), returns `window_record`. Empties `pending`."""
+    fetched = jax.device_get(pending)
+    pending.clear()
+    for step, metrics in fetched:
+        check_finite(metrics, step, what=what)
+    return window_record(fetched, elapsed=elapsed, batch_size=batch_size)
+
+
+def sharded_abstract(abstract_state, mesh: Mesh):
+    """`abstract_state` (from `jax.eval_shape`) with every leaf replicated over `mesh`: the
+    Orbax restore target of a data-parallel state."""
+    return jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated(mesh)),
+        abstract_state,
+    )
+
+
+def restore_latest(workdir: Path, abstract_state, step: int | None = None) -> tuple[Any, int]:
+    """(state, step) of the latest (or given) complete checkpoint in `workdir/checkpoints`,
+    restored against `abstract_state` (e.g. `sharded_abstract(...)`)."""
+    workdir = Path(workdir)
+    with ocp.CheckpointManager(workdir / "checkpoints") as manager:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"{workdir}: no complete checkpoint in {workdir}/checkpoints")
+        restored = manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        )
+    return restored["state"], step

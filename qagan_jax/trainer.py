@@ -27,7 +27,6 @@ and only process 0 writes files other than checkpoints.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -37,11 +36,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import grain
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from common import data as qdata
@@ -51,9 +48,14 @@ from common.training import (  # noqa: F401  (WorkdirMismatchError, prepare_work
     MetricsWriter,
     WorkdirMismatchError,
     checkpoint_manager,
-    interrupt_handler,
+    fetch_window,
     is_main,
+    loop_context,
     prepare_workdir,
+    restore_checkpoint,
+    restore_latest,
+    save_checkpoint,
+    sharded_abstract,
     window_record,
     write_json,
 )
@@ -114,24 +116,13 @@ def _nima_scorer(eval_cfg: ml_collections.ConfigDict):
 
 
 def _abstract_state(config, mesh) -> train.TrainState:
-    abstract = train.abstract_train_state(config, jax.random.key(config.seed))
-    shardings = train.state_shardings(abstract, mesh)
-    return jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
-    )
+    # The states are replicated (train.state_shardings): every leaf on every device.
+    return sharded_abstract(train.abstract_train_state(config, jax.random.key(config.seed)), mesh)
 
 
-def restore_state(workdir: Path, config, mesh, step: int | None = None) -> tuple[Any, int]:
+def restore_state(workdir, config, mesh, step: int | None = None) -> tuple[train.TrainState, int]:
     """(TrainState, step) of the latest (or given) complete checkpoint in a work directory."""
-    with ocp.CheckpointManager(workdir / "checkpoints") as manager:
-        step = manager.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"{workdir}: no complete checkpoint in {workdir}/checkpoints")
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract_state(config, mesh))),
-        )
-    return restored["state"], step
+    return restore_latest(Path(workdir), _abstract_state(config, mesh), step)
 
 
 def train_and_evaluate(
@@ -190,14 +181,7 @@ def train_and_evaluate(
     manager = checkpoint_manager(workdir, t.keep_checkpoints)
     start = manager.latest_step() or 0
     if start:
-        restored = manager.restore(
-            start,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(_abstract_state(config, mesh)),
-                data=grain.checkpoint.CheckpointRestore(data_iter),
-            ),
-        )
-        state = restored["state"]
+        state = restore_checkpoint(manager, start, _abstract_state(config, mesh), data_iter)
         logger.info("resumed from %s at step %d", workdir / "checkpoints", start)
     sharding = train.batch_sharding(mesh)
     key = jax.random.key(config.seed)
@@ -222,24 +206,10 @@ def train_and_evaluate(
     samples = _sample_records(dataset, t.num_samples, 4 * config.data.image_size)
     end = num_steps if stop_after is None else min(num_steps, stop_after)
 
-    def save(step, state):
-        manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(data_iter),
-            ),
-        )
-
     pending: list[tuple[int, dict]] = []
     step = start
     window_start = time.perf_counter()
-    bar = tqdm(total=num_steps, initial=start, desc="QAGAN", unit="step", disable=not is_main())
-    with contextlib.ExitStack() as stack:
-        interrupt = stack.enter_context(interrupt_handler())
-        stack.callback(manager.close)
-        stack.callback(manager.wait_until_finished)
-        stack.callback(bar.close)
+    with loop_context(manager, total=num_steps, initial=start, desc="QAGAN") as (interrupt, bar):
         while step < end and not interrupt.requested:
             batch = _make_batch(next(data_iter), sharding)
             state, metrics = step_fn(state, batch, jax.random.fold_in(key, step))
@@ -251,12 +221,10 @@ def train_and_evaluate(
             checkpoint_now = step % t.checkpoint_every == 0 or last or interrupt.requested
             if log_now or checkpoint_now:
                 # The one host sync: every step's metrics since the last check, NaN check first.
-                fetched = jax.device_get(pending)
-                pending = []
-                for s, m in fetched:
-                    train.assert_finite(m, s)
                 elapsed = time.perf_counter() - window_start
-                losses = window_record(fetched, elapsed=elapsed, batch_size=t.batch_size)
+                losses = fetch_window(
+                    pending, elapsed=elapsed, batch_size=t.batch_size, what="QAGAN"
+                )
                 metrics_log.write(type="train", step=step, **losses)
                 bar.set_postfix(
                     g=f"{losses['g_total']:.3f}", d=f"{losses['d_total']:.3f}",
@@ -264,7 +232,7 @@ def train_and_evaluate(
                 )  # fmt: skip
                 window_start = time.perf_counter()
             if checkpoint_now:
-                save(step, state)
+                save_checkpoint(manager, step, state, data_iter)
             extra_work = False
             if t.sample_every and (step % t.sample_every == 0 or last) and samples:
                 outputs = enhancer(state, np.stack([r["image"] for r in samples]))
