@@ -6,10 +6,13 @@ QAGAN as a metric (`nima_quality`).
 
 Pretrained NIMAs come from public checkpoints (spec/weights.md): `load_nima(path,
 backbone=NAME)` for the formats in `NIMA_BACKBONES`. The two VGG16 formats are built here; the
-MobileNet and Inception-ResNet-v2 ones in `common.mobilenet` and `common.inception_resnet_v2`,
-which `load_nima` imports only when asked for them. The paper's own backbone (BN-Inception) has
-no public AVA checkpoint. A NIMA made without a checkpoint (`random_nima_vgg16`, the
-`make_nima_*` builders) has random weights and its scores mean nothing.
+MobileNet, Inception-ResNet-v2 and BN-Inception ones in `common.mobilenet`,
+`common.inception_resnet_v2` and `common.bn_inception`, which are imported only when asked for.
+The paper's own backbone (BN-Inception) has no public AVA checkpoint: it is trained here
+(`experiments.nima_ava`) from `make_nima("bn_inception")`, optionally starting from ImageNet
+weights (`load_imagenet_backbone`), and handed on with `save_nima`, whose directory (or the work
+directory holding it as `export/`) `load_nima` reads. A NIMA made without a checkpoint
+(`random_nima_vgg16`, `make_nima`) has random weights and its scores mean nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import json
 from collections.abc import Mapping
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +31,7 @@ from flax import nnx
 
 from common import weights
 from common.vgg import VGG, random_vgg16, torchvision_entries
+from common.weights import CheckpointError
 
 NUM_SCORES = 10
 
@@ -117,14 +123,18 @@ def random_nima_vgg16(seed: int = 0, *, width: int = 1, input_size: int | None =
 
 @dataclasses.dataclass(frozen=True)
 class _Format:
-    module: str  # holds make_nima_<name>(*, rngs) and nima_<name>(tensors, *, source)
+    module: str  # holds make_nima_<name>(*, rngs, **arch) and nima_<name>(tensors, *, source)
     probe: str | None  # a key of the format's state dict (finds it inside wrappers); None: as is
     origin: str
+    arch: tuple[str, ...] = ()  # keyword arguments of make_nima_<name> that change the model
 
 
 _FORMATS = {
     "vgg16_gap": _Format(
-        "common.nima", "classifier.2.weight", "IQA-PyTorch NIMA_VGG16_ava-dc4e8265.pth"
+        "common.nima",
+        "classifier.2.weight",
+        "IQA-PyTorch NIMA_VGG16_ava-dc4e8265.pth",
+        arch=("width",),
     ),
     "vgg16_flatten": _Format(
         "common.nima", "classifier.1.weight", "Neural-IMage-Assessment (2020 release)"
@@ -139,16 +149,21 @@ _FORMATS = {
         "IQA-PyTorch NIMA_InceptionV2_ava-b0c77c00.pth",
     ),
     "mobilenet_keras": _Format("common.mobilenet", None, "idealo / titu1994 Keras .h5"),
+    "bn_inception": _Format(
+        "common.bn_inception",
+        "last_linear.weight",
+        "trained here on AVA (experiments.nima_ava), or a torch NIMA on pretrainedmodels' "
+        "bninception with last_linear = Linear(1024, 10)",
+        arch=("width", "dropout", "input_size"),
+    ),
 }
 NIMA_BACKBONES = tuple(_FORMATS)
+# The subdirectory of a training work directory (experiments.nima_ava) that holds the model
+# handed on: a `save_nima` directory. `load_nima(workdir)` reads it.
+NIMA_EXPORT_DIR = weights.EXPORT_DIR
 
 
 def _builders(backbone: str):
-    if backbone == "bn_inception":
-        raise NotImplementedError(
-            "NIMA bn_inception (the paper's backbone, to be trained here on AVA by "
-            "experiments.nima_ava) is not available yet: no public AVA checkpoint exists"
-        )
     if backbone not in _FORMATS:
         raise ValueError(f"unknown NIMA backbone {backbone!r}: one of {', '.join(_FORMATS)}")
     module_name = _FORMATS[backbone].module
@@ -163,39 +178,60 @@ def _builders(backbone: str):
 
 
 def load_nima(path, *, backbone: str) -> Nima:
-    """A pretrained NIMA from a public checkpoint or a converted directory.
+    """A pretrained NIMA from a public checkpoint, a converted directory or a training run.
 
     Args:
-      path: the checkpoint file (torch `.pth`, `.safetensors` or Keras `.h5`, by content), or a
-        directory written by `python -m common.weights convert SRC --format BACKBONE`.
+      path: one of
+        (a) the checkpoint file (torch `.pth`, `.safetensors` or Keras `.h5`, by content);
+        (b) a converted directory: written by `python -m common.weights convert SRC --format
+            BACKBONE`, or by `save_nima` for a model trained here (the model is rebuilt with
+            the `arch` its manifest records, e.g. a narrow smoke network);
+        (c) a training work directory of `experiments.nima_ava`, recognised by its
+            `NIMA_EXPORT_DIR` ("export/") subdirectory, a directory of kind (b).
       backbone: the checkpoint's format, one of `NIMA_BACKBONES`:
         "vgg16_gap" (IQA-PyTorch `NIMA_VGG16_ava`, `nima_vgg16_gap`), "vgg16_flatten" and
         "vgg16_flatten_imagenet" (Neural-IMage-Assessment's 2020 and 2021 releases,
         `nima_vgg16_flatten`), "mobilenet_v2" (nima.pytorch v1), "inception_resnet_v2"
         (IQA-PyTorch `NIMA_InceptionV2_ava`, really Inception-ResNet-v2), "mobilenet_keras"
-        (idealo / titu1994 `.h5`).
+        (idealo / titu1994 `.h5`), "bn_inception" (the paper's backbone: trained here, or a
+        torch state dict in pretrainedmodels' layout, `common.bn_inception.nima_bn_inception`).
 
     Returns:
-      A `Nima` in evaluation mode (dropout off) mapping (N, H, W, 3) images in [0, 1] to
-      (N, 10) probabilities, with the format's input normalisation inside and its training
-      input size as `input_size` (the model never resizes; guiders and `nima_quality` do).
+      A `Nima` in evaluation mode (dropout off, batch norm on its running statistics) mapping
+      (N, H, W, 3) images in [0, 1] to (N, 10) probabilities, with the format's input
+      normalisation inside and its training input size as `input_size` (the model never
+      resizes; guiders and `nima_quality` do).
 
-    The state dict is first taken out of its wrapper ({"params": ...} as IQA-PyTorch saves,
-    {"state_dict": ...}, DataParallel's "module.", see `common.weights.unwrap_state_dict`);
-    then every key must match the format exactly (`CheckpointMismatchError` otherwise, naming
-    the key and both shapes). A converted directory must have been converted for `backbone`.
+    A file's state dict is first taken out of its wrapper ({"params": ...} as IQA-PyTorch
+    saves, {"state_dict": ...}, DataParallel's "module.", see
+    `common.weights.unwrap_state_dict`); then every key must match the format exactly
+    (`CheckpointMismatchError` otherwise, naming the key and both shapes). A directory must
+    have been converted or saved for `backbone`.
 
     Raises:
       ValueError: unknown backbone. ImportError: its builder module is not installed.
-      FileNotFoundError, CheckpointError: unreadable, unsafe or mismatching checkpoints.
+      FileNotFoundError, CheckpointError: unreadable, unsafe or mismatching checkpoints, a
+        directory of another backbone, a work directory without `export/`.
     """
     make, from_tensors = _builders(backbone)
-    source = str(path)
-    if weights.is_converted(path):
-        tensors = weights.read_converted(path, format=backbone)
-        model = weights.empty_module(make)
-        weights.load_entries(model, tensors, weights.module_entries(model), source=source)
+    converted = weights.find_converted(path)
+    if converted is not None:
+        tensors = weights.read_converted(converted, format=backbone)
+        arch = weights.read_manifest(converted).get("arch") or {}
+        _check_arch(backbone, arch, what=f"{converted}: manifest arch")
+        try:
+            model = weights.cached_empty_module(make, **arch)
+        except TypeError:  # unhashable arch values (lists): trace the structure again
+            model = weights.empty_module(functools.partial(make, **arch))
+        weights.load_entries(model, tensors, weights.module_entries(model), source=str(converted))
     else:
+        if Path(path).is_dir():
+            raise CheckpointError(
+                f"{path}: a directory, but neither a converted directory (no "
+                f"{weights.CONVERTED_MANIFEST}) nor a training work directory with a finished "
+                f"{NIMA_EXPORT_DIR}/ (has its training run finished?)"
+            )
+        source = str(path)
         tensors = weights.read_checkpoint(path)
         probe = _FORMATS[backbone].probe
         if probe is not None:
@@ -205,13 +241,220 @@ def load_nima(path, *, backbone: str) -> Nima:
     return model
 
 
-def make_nima_vgg16_gap(*, rngs: nnx.Rngs | None = None) -> Nima:
+def _check_arch(backbone: str, arch: Mapping, *, what: str = "make_nima") -> None:
+    allowed = _FORMATS[backbone].arch
+    unexpected = sorted(set(arch) - set(allowed))
+    if unexpected:
+        takes = f"it takes {', '.join(allowed)}" if allowed else "it takes none"
+        raise TypeError(
+            f"{what}: unexpected architecture argument(s) {', '.join(map(repr, unexpected))} "
+            f"for NIMA backbone {backbone!r} ({takes})"
+        )
+
+
+def make_nima(backbone: str, *, rngs: nnx.Rngs | None = None, **arch) -> Nima:
+    """A NIMA of any `NIMA_BACKBONES` format with random weights (for training, or tests).
+
+    Args:
+      backbone: one of `NIMA_BACKBONES`.
+      rngs: `nnx.Rngs` for the initialisation and dropout (default `nnx.Rngs(0)`).
+      **arch: passed to the format's `make_nima_<backbone>`: "bn_inception" takes `width`
+        (channel multiplier, 1.0), `dropout` (0.75) and `input_size` (224); "vgg16_gap" takes
+        `width` (channel divisor, 1); the other formats take none.
+
+    Returns:
+      The model as its builder makes it (nnx's training mode: dropout on; BN-Inception's batch
+      norm on batch statistics). `save_nima(model, ..., arch=arch)` records `arch` so that
+      `load_nima` rebuilds the same structure.
+
+    Raises:
+      ValueError: unknown backbone, or a bad `arch` value. TypeError: an `arch` keyword the
+        format does not take (named). ImportError: the builder module is not installed.
+    """
+    make, _ = _builders(backbone)
+    _check_arch(backbone, arch)
+    return make(rngs=rngs, **arch)
+
+
+# --- ImageNet backbones (to train NIMA from) --------------------------------------------------
+
+
+def _full_width(model: Nima, backbone: str) -> None:
+    width = getattr(model.backbone, "width", 1)
+    if width != 1:
+        raise ValueError(
+            f"ImageNet weights fit only the full-width {backbone} network; this model's "
+            f"backbone has width {width} (a narrow smoke model trains from random weights)"
+        )
+
+
+def _imagenet_bn_inception(model: Nima, path) -> None:
+    from common import bn_inception  # noqa: PLC0415  (imported only when asked for)
+
+    bn_inception.load_imagenet_into(model.backbone, path)
+
+
+def _imagenet_vgg16(model: Nima, path) -> None:
+    from common.vgg import load_vgg16  # noqa: PLC0415
+
+    pretrained = load_vgg16(path, taps=model.backbone.taps)
+    if pretrained.imagenet_normalize != model.backbone.imagenet_normalize:
+        raise ValueError("the model's VGG16 does not normalise its input as torchvision's does")
+    nnx.update(model.backbone, nnx.state(pretrained, nnx.Param))
+
+
+def mobilenet_v2_imagenet_entries() -> list[weights.Entry]:
+    """Keys of nima.pytorch v1's ImageNet MobileNetV2 -> `MobileNetV2` (a NIMA's backbone).
+
+    nima.pytorch v1 (nima/mobile_net_v2.py `mobile_net_v2(pretrained=True)`) builds its
+    MobileNetV2 and `load_state_dict`s the public `mobilenetv2.pth.tar` (tonylins'
+    pytorch-mobilenet-v2 ImageNet weights) into it, then keeps `features` as the NIMA's
+    `base_model.0`. So that file holds the NIMA file's backbone keys with `features.` for
+    `base_model.0.` (`features.{i}.0.weight`, `features.{i}.conv.{0,1,3,4,6,7}.*`, ...), plus
+    `classifier.1.{weight,bias}` (1000 classes, ignored). Confirmed from the definition, not from
+    the released file.
+    """
+    from common import mobilenet  # noqa: PLC0415
+
+    prefix = "base_model.0."
+    return [
+        weights.Entry("features." + e.key[len(prefix) :], e.path[1:], e.layout)
+        for e in mobilenet.mobilenet_v2_entries()
+        if e.key.startswith(prefix)
+    ]
+
+
+def _imagenet_mobilenet_v2(model: Nima, path) -> None:
+    source = str(path)
+    tensors = weights.unwrap_state_dict(
+        weights.read_checkpoint(path), probe="features.0.0.weight", source=source
+    )
+    weights.load_entries(
+        model.backbone,
+        tensors,
+        mobilenet_v2_imagenet_entries(),
+        source=source,
+        ignore=lambda k: k.startswith("classifier.") or k.endswith(".num_batches_tracked"),
+    )
+
+
+_IMAGENET = {
+    "bn_inception": _imagenet_bn_inception,
+    "vgg16_gap": _imagenet_vgg16,
+    "mobilenet_v2": _imagenet_mobilenet_v2,
+}
+
+
+def load_imagenet_backbone(model: Nima, path, *, backbone: str) -> None:
+    """Copies ImageNet weights into `model.backbone` in place (the head is left as it is).
+
+    Args:
+      model: a NIMA built by `make_nima(backbone)` at full width.
+      path: "bn_inception": pretrainedmodels' `bn_inception-*.pth` (or a `.safetensors` /
+        converted directory, see `common.bn_inception.load_bn_inception`); "vgg16_gap":
+        torchvision's `vgg16-397923af.pth`, timm's `vgg16.tv_in1k` safetensors or a directory
+        converted with `--format vgg16` (`common.vgg.load_vgg16`); "mobilenet_v2": the
+        ImageNet MobileNetV2 nima.pytorch v1 starts from, `mobilenetv2.pth.tar`
+        (`mobilenet_v2_imagenet_entries`).
+      backbone: the model's format.
+
+    Every needed key must be there with its exact shape (`CheckpointMismatchError` naming key
+    and shapes); the ImageNet classifier and `num_batches_tracked` are ignored. The model's
+    training/evaluation mode is kept.
+
+    Raises:
+      ValueError: a backbone without an ImageNet loader, or a narrow (width != 1) model.
+      FileNotFoundError, CheckpointError: unreadable or mismatching checkpoints.
+    """
+    if backbone not in _IMAGENET:
+        raise ValueError(
+            f"no ImageNet weights for NIMA backbone {backbone!r}: one of {', '.join(_IMAGENET)}"
+        )
+    _full_width(model, backbone)
+    _IMAGENET[backbone](model, path)
+
+
+# --- Handing a trained NIMA on ----------------------------------------------------------------
+
+
+def _variable_shapes(module: nnx.Module) -> dict[str, tuple[int, ...]]:
+    state = nnx.state(module, nnx.Any(nnx.Param, nnx.BatchStat))
+    return {
+        ".".join(map(str, p)): tuple(np.shape(v.get_value())) for p, v in nnx.to_flat_state(state)
+    }
+
+
+def save_nima(
+    model: Nima,
+    out_dir,
+    *,
+    backbone: str,
+    arch: Mapping | None = None,
+    run: Mapping | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Writes a NIMA trained here as a converted directory that `load_nima` reads.
+
+    Args:
+      model: the trained NIMA (its Param and BatchStat variables are saved).
+      out_dir: the directory (created; e.g. `<workdir>/NIMA_EXPORT_DIR`). A non-empty one is
+        refused unless `overwrite`.
+      backbone: its format, one of `NIMA_BACKBONES`.
+      arch: the `make_nima` keyword arguments the model was built with (JSON values); they are
+        recorded, and `load_nima` rebuilds the model with them.
+      run: free-form JSON about the run (work directory, step, data set, test metrics, ...),
+        recorded in the manifest as is.
+      overwrite: replace an earlier export.
+
+    Returns:
+      The manifest (`out_dir/manifest.json`): format, `"source": null` (no checkpoint file;
+      `common.weights.source_sha256` then names the parameters' SHA-256), arch, run, input size.
+
+    Raises:
+      ValueError: unknown backbone, or `model` is not what `make_nima(backbone, **arch)`
+        builds (a variable missing or of another shape: the export could not be loaded).
+      TypeError: an `arch` key the backbone does not take, or values that are not JSON.
+      FileExistsError: `out_dir` exists and is not empty, without `overwrite`.
+    """
+    arch = dict(arch or {})
+    make, _ = _builders(backbone)
+    _check_arch(backbone, arch, what="save_nima")
+    json.dumps({"arch": arch, "run": run})  # TypeError now, not a half-written directory
+    try:
+        abstract = weights.cached_empty_module(make, **arch)
+    except TypeError:  # unhashable arch values
+        abstract = nnx.eval_shape(functools.partial(make, **arch))
+    expected = _variable_shapes(abstract)
+    got = _variable_shapes(model)
+    if got != expected:
+        diff = sorted(set(got.items()) ^ set(expected.items()))[:4]
+        raise ValueError(
+            f"save_nima: the model is not make_nima({backbone!r}, **{arch}): variables differ "
+            f"(e.g. {diff}); pass the arch it was built with"
+        )
+    return weights.save_converted(
+        model,
+        out_dir,
+        format=backbone,
+        source=None,
+        input_size=model.input_size,
+        arch=arch,
+        run=dict(run) if run is not None else None,
+        overwrite=overwrite,
+    )
+
+
+def make_nima_vgg16_gap(*, rngs: nnx.Rngs | None = None, width: int = 1) -> Nima:
     """IQA-PyTorch's `NIMA_VGG16_ava` structure with random weights: VGG16 features to pool5
     (ImageNet mean/std inside), global average pool, Linear(512, 10), softmax; 224 input.
-    No dropout (IQA-PyTorch removed it)."""
+    No dropout (IQA-PyTorch removed it). `width` divides the VGG channels (`common.vgg.VGG`)
+    for narrow smoke runs; checkpoints need 1."""
+    if not isinstance(width, int) or width < 1:
+        raise ValueError(f"vgg16_gap width is a channel divisor, an int >= 1; got {width!r}")
     rngs = rngs or nnx.Rngs(0)
-    backbone = VGG("vgg16", taps=("pool5",), rngs=rngs)
-    return Nima(backbone, features=512, tap="pool5", dropout=0.0, input_size=224, rngs=rngs)
+    backbone = VGG("vgg16", taps=("pool5",), width=width, rngs=rngs)
+    features = backbone.channels["pool5"]
+    return Nima(backbone, features=features, tap="pool5", dropout=0.0, input_size=224, rngs=rngs)
 
 
 def nima_vgg16_gap(tensors: Mapping[str, np.ndarray], *, source: str) -> Nima:

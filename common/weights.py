@@ -43,7 +43,11 @@ Converting once (`python -m common.weights convert SRC --format FORMAT --out DIR
 parameters go to `DIR/params.safetensors` (the module's Param and BatchStat variables by path,
 `backbone.conv1_1.kernel`) with `DIR/manifest.json` (format, source file name and SHA-256,
 input size, project version, the parameter file's SHA-256). Every loader accepts such a
-directory and refuses one converted for another format or whose parameter file changed.
+directory and refuses one converted for another format or whose parameter file changed. A model
+trained here is saved the same way (`common.nima.save_nima`) with no source file (`"source":
+null`), the keyword arguments that rebuild its structure (`"arch"`) and free-form facts about
+its run (`"run"`); a training work directory holds it as its `EXPORT_DIR` subdirectory
+(`find_converted`).
 safetensors rather than Orbax: a single file with one hash, no pickle, read by numpy with the
 same dependency as the readers, and independent of devices and sharding (the ported
 parameters are a few flat float32 arrays, never a training state).
@@ -54,6 +58,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import hashlib
 import importlib.metadata
 import io
@@ -220,6 +225,25 @@ def empty_module(
         return jnp.asarray(np.zeros(leaf.shape, leaf.dtype))
 
     return nnx.merge(graphdef, weights_state, jax.tree.map(concrete, rest))
+
+
+@functools.lru_cache(maxsize=16)
+def _empty_parts(make: Callable[..., nnx.Module], kwargs: tuple) -> tuple:
+    return nnx.split(empty_module(functools.partial(make, **dict(kwargs))))
+
+
+def cached_empty_module(make: Callable[..., nnx.Module], **kwargs) -> nnx.Module:
+    """`empty_module(functools.partial(make, **kwargs))`, traced once per (make, kwargs).
+
+    Tracing a deep model's construction costs seconds (BN-Inception's 69 conv units: about
+    3 s, mostly nnx's RNG counters under the trace); loading the same structure again then only
+    merges the recorded graph with its abstract variables into a new module. `make` must be
+    hashable by identity (a module-level function) and `kwargs` hashable values.
+    """
+    graphdef, state = _empty_parts(make, tuple(sorted(kwargs.items())))
+    # New Variable objects (the leaves are shared, immutable): `merge` would otherwise put the
+    # cached Variables themselves into the module, and a load would fill every later copy.
+    return nnx.merge(graphdef, jax.tree.map(lambda leaf: leaf, state))
 
 
 # --------------------------------------------------------------------------------------------
@@ -773,6 +797,22 @@ def is_converted(path) -> bool:
     return Path(path).is_dir() and (Path(path) / CONVERTED_MANIFEST).is_file()
 
 
+# The subdirectory of a training work directory that holds its exported model (a converted
+# directory); `common.nima.NIMA_EXPORT_DIR`.
+EXPORT_DIR = "export"
+
+
+def find_converted(path) -> Path | None:
+    """The converted directory `path` names: `path` itself, or `path/EXPORT_DIR` for a training
+    work directory that holds one; None otherwise (a file, or any other directory)."""
+    path = Path(path)
+    if is_converted(path):
+        return path
+    if path.is_dir() and is_converted(path / EXPORT_DIR):
+        return path / EXPORT_DIR
+    return None
+
+
 def read_manifest(path) -> dict:
     """The manifest of a converted directory (checked only for being one)."""
     file = Path(path) / CONVERTED_MANIFEST
@@ -786,10 +826,16 @@ def read_manifest(path) -> dict:
 
 
 def source_sha256(path) -> str:
-    """SHA-256 of the checkpoint behind `path`: the file's own, or for a converted directory
-    the one its manifest records for the file it was converted from."""
-    if is_converted(path):
-        return str(read_manifest(path)["source"]["sha256"])
+    """SHA-256 of the checkpoint behind `path`: the file's own; for a converted directory (or a
+    work directory holding one, `find_converted`) the one its manifest records for the file it
+    was converted from, or, for a model trained here (no source file), its parameter file's
+    SHA-256 as the manifest records it."""
+    converted = find_converted(path)
+    if converted is not None:
+        manifest = read_manifest(converted)
+        if manifest.get("source") is None:
+            return str(manifest["params"]["sha256"])
+        return str(manifest["source"]["sha256"])
     return file_sha256(path)
 
 
@@ -816,18 +862,24 @@ def save_converted(
     format: str,
     source,
     input_size: int | None = None,
+    arch: Mapping | None = None,
+    run: Mapping | None = None,
     overwrite: bool = False,
 ) -> dict:
     """Writes `module`'s Param/BatchStat variables and a manifest into `out_dir`.
 
     Args:
-      module: the ported model.
+      module: the ported (or trained) model.
       out_dir: the directory (created). An existing non-empty directory is refused unless
         `overwrite`, which replaces only this function's two files.
-      format: what the directory holds ("vgg19", "vgg16", or a NIMA backbone name); loaders
-        refuse a directory converted for another format.
-      source: the checkpoint file the parameters came from (its name and SHA-256 are recorded).
+      format: what the directory holds ("vgg19", "vgg16", "bn_inception_imagenet", or a NIMA
+        backbone name); loaders refuse a directory converted for another format.
+      source: the checkpoint file the parameters came from (its name, size and SHA-256 are
+        recorded), or None for a model trained here (recorded as null).
       input_size: the model's input size, recorded for the reader's information.
+      arch: keyword arguments of the format's builder that rebuild the module's structure
+        (JSON; recorded as "arch", {} by default).
+      run: free-form JSON about how the parameters were made (recorded as "run", or null).
 
     Returns:
       The manifest (also written as `out_dir/manifest.json`).
@@ -839,22 +891,27 @@ def save_converted(
         raise FileExistsError(f"{out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out}: directory exists and is not empty (use --overwrite)")
+    if source is not None:
+        source = Path(source)
+        source = {
+            "file": source.name,
+            "sha256": file_sha256(source),
+            "bytes": source.stat().st_size,
+            "checkpoint_format": checkpoint_format(source),
+        }
+    extra = {"arch": dict(arch or {}), "run": dict(run) if run is not None else None}
+    extra_json = json.dumps(extra)  # not JSON: a TypeError before anything is written
     out.mkdir(parents=True, exist_ok=True)
     params = save(module_arrays(module), metadata={"format": format})
     _write_atomic(out / CONVERTED_PARAMS, params)
-    source = Path(source)
     manifest = {
         "converted_by": _CONVERTED_BY,
         "layout": CONVERTED_LAYOUT,
         "format": format,
         "input_size": input_size,
-        "source": {
-            "file": source.name,
-            "sha256": file_sha256(source),
-            "bytes": source.stat().st_size,
-            "checkpoint_format": checkpoint_format(source),
-        },
+        "source": source,
         "params": {"file": CONVERTED_PARAMS, "sha256": hashlib.sha256(params).hexdigest()},
+        **json.loads(extra_json),
         "project_version": _project_version(),
         "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
@@ -879,9 +936,10 @@ def read_converted(path, *, format: str) -> dict[str, np.ndarray]:
             f"layout {CONVERTED_LAYOUT}; convert the checkpoint again"
         )
     if manifest.get("format") != format:
+        source = manifest.get("source")
+        origin = f"converted from {source.get('file')}" if source else "trained here"
         raise CheckpointError(
-            f"{path}: holds {manifest.get('format')!r} parameters, not {format!r} (converted "
-            f"from {manifest.get('source', {}).get('file')})"
+            f"{path}: holds {manifest.get('format')!r} parameters, not {format!r} ({origin})"
         )
     file = path / manifest["params"]["file"]
     try:
@@ -900,27 +958,33 @@ def read_converted(path, *, format: str) -> dict[str, np.ndarray]:
 
 
 def converted_formats() -> tuple[str, ...]:
-    """The formats `convert` knows: the two VGGs, then the NIMA backbones."""
+    """The formats `convert` knows: the two VGGs, the ImageNet BN-Inception backbone, then the
+    NIMA backbones."""
     from common.nima import NIMA_BACKBONES
 
-    return ("vgg16", "vgg19", *NIMA_BACKBONES)
+    return ("vgg16", "vgg19", "bn_inception_imagenet", *NIMA_BACKBONES)
 
 
 def convert(src, *, format: str, out, overwrite: bool = False) -> dict:
     """Ports the checkpoint `src` once (as its loader would) and saves it into `out`.
 
-    `format` is "vgg19", "vgg16" (every conv layer is kept) or a NIMA backbone name of
+    `format` is "vgg19", "vgg16" (every conv layer is kept), "bn_inception_imagenet"
+    (`common.bn_inception.load_bn_inception`) or a NIMA backbone name of
     `common.nima.load_nima`. Returns the manifest.
     """
     from common import nima, vgg
 
     if format not in converted_formats():
         raise ValueError(f"unknown format {format!r}: one of {', '.join(converted_formats())}")
-    if is_converted(src):
-        raise CheckpointError(f"{src}: already a converted directory")
+    if find_converted(src) is not None:
+        raise CheckpointError(f"{src}: already a converted directory (or a work directory)")
     if format in ("vgg16", "vgg19"):
         load = vgg.load_vgg16 if format == "vgg16" else vgg.load_vgg19
         model, input_size = load(src, taps=vgg.available_taps(format)), None
+    elif format == "bn_inception_imagenet":
+        from common.bn_inception import INPUT_SIZE, load_bn_inception
+
+        model, input_size = load_bn_inception(src), INPUT_SIZE
     else:
         model = nima.load_nima(src, backbone=format)
         input_size = model.input_size

@@ -394,3 +394,128 @@ def inception_resnet_v2_forward(sd, images_nhwc):
     fmap = _irv2_conv(x, sd, _C7B)
     logits = fmap.mean(axis=(2, 3)) @ sd["classifier.2.weight"].T + sd["classifier.2.bias"]
     return fmap, softmax(logits)
+
+
+# --- BN-Inception (pretrainedmodels/models/bninception.py) ---------------------------------------
+
+# Per inception block, from BNInception.__init__: out channels of _1x1, _3x3_reduce, _3x3,
+# _double_3x3_reduce, _double_3x3_1, _double_3x3_2, the pool ("avg" 3×3/1/pad 1,
+# count_include_pad; "max" 3×3/1/pad 1; "max_s2" 3×3/2 ceil_mode, no projection) and _pool_proj.
+# None: the block has no such layer. The reduction blocks (3c, 4e) stride 2 in _3x3 and
+# _double_3x3_2.
+_BNI = {
+    "3a": (64, 64, 64, 64, 96, 96, "avg", 32),
+    "3b": (64, 64, 96, 64, 96, 96, "avg", 64),
+    "3c": (None, 128, 160, 64, 96, 96, "max_s2", None),
+    "4a": (224, 64, 96, 96, 128, 128, "avg", 128),
+    "4b": (192, 96, 128, 96, 128, 128, "avg", 128),
+    "4c": (160, 128, 160, 128, 160, 160, "avg", 128),
+    "4d": (96, 128, 192, 160, 192, 192, "avg", 128),
+    "4e": (None, 128, 192, 192, 256, 256, "max_s2", None),
+    "5a": (352, 192, 320, 160, 224, 224, "avg", 128),
+    "5b": (352, 192, 320, 192, 224, 224, "max", 128),
+}
+
+
+def _w(c, width):
+    return max(1, int(round(c * width)))
+
+
+def bn_inception_convs(width: float = 1.0) -> list[tuple[str, int, int, int, int, int]]:
+    """(name, in, out, kernel, stride, pad) of every BN-Inception conv at `width`."""
+    convs = [
+        ("conv1_7x7_s2", 3, _w(64, width), 7, 2, 3),
+        ("conv2_3x3_reduce", _w(64, width), _w(64, width), 1, 1, 0),
+        ("conv2_3x3", _w(64, width), _w(192, width), 3, 1, 1),
+    ]
+    cin = _w(192, width)
+    for block, (c1, r3, c3, rd, d1, d2, pool, proj) in _BNI.items():
+        p, s = f"inception_{block}", 2 if pool == "max_s2" else 1
+        c1, r3, c3, rd, d1, d2 = (
+            None if c is None else _w(c, width) for c in (c1, r3, c3, rd, d1, d2)
+        )
+        if c1 is not None:
+            convs.append((f"{p}_1x1", cin, c1, 1, 1, 0))
+        convs += [(f"{p}_3x3_reduce", cin, r3, 1, 1, 0), (f"{p}_3x3", r3, c3, 3, s, 1)]
+        convs += [(f"{p}_double_3x3_reduce", cin, rd, 1, 1, 0),
+                  (f"{p}_double_3x3_1", rd, d1, 3, 1, 1),
+                  (f"{p}_double_3x3_2", d1, d2, 3, s, 1)]  # fmt: skip
+        if proj is not None:
+            convs.append((f"{p}_pool_proj", cin, _w(proj, width), 1, 1, 0))
+            cin = (c1 or 0) + c3 + d2 + _w(proj, width)
+        else:
+            cin = (c1 or 0) + c3 + d2 + cin
+    return convs
+
+
+def bn_inception_shapes(width: float = 1.0, classes: int = 1000) -> dict:
+    """pretrainedmodels `BNInception(num_classes=classes).state_dict()` keys and shapes (torch
+    >= 0.4.1, with num_batches_tracked), at `width` (1 = the real network)."""
+    shapes = {}
+    for name, cin, cout, k, _, _ in bn_inception_convs(width):
+        shapes[f"{name}.weight"] = (cout, cin, k, k)
+        shapes[f"{name}.bias"] = (cout,)
+        shapes |= _bn_shapes(f"{name}_bn", cout)
+    features = sum(
+        c for name, _, c, *_ in bn_inception_convs(width)
+        if name.startswith("inception_5b") and name.endswith(("_1x1", "_3x3", "_2", "_proj"))
+    )  # fmt: skip
+    return shapes | {"last_linear.weight": (classes, features), "last_linear.bias": (classes,)}
+
+
+def torch_pool(x, k, stride, pad, ceil_mode, mode):
+    """torch max_pool2d / avg_pool2d (count_include_pad=True) on NCHW, following ATen's loops:
+    output size with torch's ceil-mode rule, windows clipped to the input (max) or divided by
+    their size within the padded input (avg)."""
+
+    def out_size(n):
+        span = n + 2 * pad - k
+        o = (-(-span // stride) if ceil_mode else span // stride) + 1
+        if ceil_mode and (o - 1) * stride >= n + pad:
+            o -= 1
+        return o
+
+    h, w = x.shape[2:]
+    ho, wo = out_size(h), out_size(w)
+    out = np.empty((*x.shape[:2], ho, wo))
+    for i in range(ho):
+        for j in range(wo):
+            h0, w0 = i * stride - pad, j * stride - pad
+            h1, w1 = min(h0 + k, h + pad), min(w0 + k, w + pad)
+            size = (h1 - h0) * (w1 - w0)
+            window = x[:, :, max(h0, 0) : min(h1, h), max(w0, 0) : min(w1, w)]
+            if mode == "max":
+                out[:, :, i, j] = window.max(axis=(2, 3))
+            else:
+                out[:, :, i, j] = window.sum(axis=(2, 3)) / size
+    return out
+
+
+def bn_inception_forward(sd, images_nhwc, *, head: str = "last_linear"):
+    """pretrainedmodels BNInception `features()` on [0, 1] RGB images (converted to its input:
+    BGR, ×255, minus (104, 117, 128)), then the global mean and `head` Linear + softmax.
+    Returns (inception_5b_output NCHW, probabilities). Widths are read from `sd`'s shapes."""
+    x = _nchw(images_nhwc)[:, ::-1] * 255.0 - np.array([104.0, 117.0, 128.0])[None, :, None, None]
+    spec = {name: (k, s, p) for name, _, _, k, s, p in bn_inception_convs(1.0)}
+
+    def unit(name, y):  # Conv2d (bias) -> BatchNorm2d(eps 1e-5) -> ReLU (in place, fed on)
+        k, s, p = spec[name]
+        y = conv2d(y, sd[f"{name}.weight"].astype(np.float64), sd[f"{name}.bias"], s, ((p, p),) * 2)
+        bn = [sd[f"{name}_bn.{q}"] for q in ("weight", "bias", "running_mean", "running_var")]
+        return relu(batch_norm(y, *bn, 1e-5))
+
+    x = torch_pool(unit("conv1_7x7_s2", x), 3, 2, 0, True, "max")
+    x = torch_pool(unit("conv2_3x3", unit("conv2_3x3_reduce", x)), 3, 2, 0, True, "max")
+    for block, (c1, *_, pool, _) in _BNI.items():
+        p = f"inception_{block}"
+        outs = [] if c1 is None else [unit(f"{p}_1x1", x)]
+        outs.append(unit(f"{p}_3x3", unit(f"{p}_3x3_reduce", x)))
+        d = unit(f"{p}_double_3x3_1", unit(f"{p}_double_3x3_reduce", x))
+        outs.append(unit(f"{p}_double_3x3_2", d))
+        if pool == "max_s2":
+            outs.append(torch_pool(x, 3, 2, 0, True, "max"))
+        else:
+            outs.append(unit(f"{p}_pool_proj", torch_pool(x, 3, 1, 1, True, pool)))
+        x = np.concatenate(outs, axis=1)
+    logits = x.mean(axis=(2, 3)) @ sd[f"{head}.weight"].T.astype(np.float64) + sd[f"{head}.bias"]
+    return x, softmax(logits)

@@ -193,7 +193,8 @@ def test_unavailable_backbone_is_a_clear_error(tmp_path, monkeypatch):
         load_nima(tmp_path / "x.pth", backbone="inception_resnet_v2")
     with pytest.raises(ValueError, match="unknown NIMA backbone 'inception_v2'"):
         load_nima(tmp_path / "x.pth", backbone="inception_v2")
-    with pytest.raises(NotImplementedError, match="bn_inception"):
+    monkeypatch.setitem(sys.modules, "common.bn_inception", None)
+    with pytest.raises(ImportError, match="'bn_inception' is not available"):
         load_nima(tmp_path / "x.pth", backbone="bn_inception")
 
 
