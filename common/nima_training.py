@@ -48,10 +48,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from common import nima_config, nima_metrics, xla_options
-from common import nima_shim as nima_api
+from common import nima, nima_config, nima_metrics, xla_options
 from common.data import ava
-from common.nima import mean_score
 from common.training import (
     MetricsWriter,
     batch_sharding,
@@ -132,9 +130,7 @@ def _static_parts(config_json: str):
 
 
 def _make_model(config, key) -> nnx.Module:
-    model = nima_api.make_nima(
-        config.model.backbone, rngs=nnx.Rngs(key), **nima_config.arch(config.model)
-    )
+    model = nima.make_nima(config.model.backbone, rngs=nnx.Rngs(key), **nima_config.arch(config))
     model.train()
     return model
 
@@ -156,9 +152,17 @@ def _init_state(config: ml_collections.ConfigDict, key: jax.Array) -> TrainState
     )
 
 
+@functools.cache
+def _initializer(config_json: str):
+    """`_init_state` of one config as a function of the key: one object per distinct config,
+    so that `jit` and `eval_shape` find their earlier traces and compilations (BN-Inception's
+    initialisation takes seconds to trace and compile; resuming and evaluating need it again)."""
+    return functools.partial(_init_state, ml_collections.ConfigDict(json.loads(config_json)))
+
+
 def abstract_train_state(config, key) -> TrainState:
     """`jax.eval_shape` of the state: the restore target for Orbax."""
-    return jax.eval_shape(functools.partial(_init_state, config), key)
+    return jax.eval_shape(_initializer(config.to_json(sort_keys=True)), key)
 
 
 def state_shardings(state: TrainState, mesh: Mesh):
@@ -173,7 +177,7 @@ def create_train_state(config, key, mesh, *, compiler_options=None) -> TrainStat
     (`common.nima.load_imagenet_backbone`); otherwise a warning says it is random.
     """
     init = jax.jit(
-        functools.partial(_init_state, config),
+        _initializer(config.to_json(sort_keys=True)),
         out_shardings=replicated(mesh),
         compiler_options=xla_options.compiler_options(mesh.devices.flat, compiler_options),
     )
@@ -188,7 +192,7 @@ def create_train_state(config, key, mesh, *, compiler_options=None) -> TrainStat
         )
         return state
     model = nnx.merge(state.graphdef, state.params, state.batch_stats, state.rng)
-    nima_api.load_imagenet_backbone(model, path, backbone=config.model.backbone)
+    nima.load_imagenet_backbone(model, path, backbone=config.model.backbone)
     _, params, batch_stats, _ = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
     logger.info("NIMA %s: ImageNet backbone from %s", config.model.backbone, path)
     params, batch_stats = jax.device_put((params, batch_stats), replicated(mesh))
@@ -310,7 +314,7 @@ def num_train_steps(config) -> int:
 def score_metrics(pred_probs, true_probs) -> dict[str, float]:
     """EMD (mean), LCC and SRCC of mean scores, binary accuracy at 5, and n, of (N, 10) arrays."""
     pred_probs, true_probs = np.asarray(pred_probs), np.asarray(true_probs)
-    pred, true = mean_score(pred_probs), mean_score(true_probs)
+    pred, true = nima.mean_score(pred_probs), nima.mean_score(true_probs)
     return {
         "n": int(len(pred_probs)),
         "emd": float(nima_metrics.emd_loss(pred_probs, true_probs)),
@@ -419,7 +423,7 @@ def train_and_evaluate(
     config = resolve_steps_per_epoch(ml_collections.ConfigDict(config.to_dict()), len(data.train))
     split = {**data.split, "description": data.description}
     config = prepare_workdir(workdir, config, split, resume_config=resume_config)
-    if (workdir / EVAL_FILE).exists() and (workdir / nima_api.NIMA_EXPORT_DIR).exists():
+    if (workdir / EVAL_FILE).exists() and (workdir / nima.NIMA_EXPORT_DIR).exists():
         return json.loads((workdir / EVAL_FILE).read_text())  # finished: nothing to do
     write_json(workdir / SKIPPED_FILE, data.skipped)
     mesh = make_mesh() if mesh is None else mesh
@@ -459,7 +463,7 @@ def train_and_evaluate(
     eval_fn = jit_eval_step(state, mesh, compiler_options=compiler_options)
     metrics_log.write(
         type="start", step=start, num_steps=num_steps, data=data.description,
-        backbone=config.model.backbone, arch=nima_config.arch(config.model), devices=mesh.size,
+        backbone=config.model.backbone, arch=nima_config.arch(config), devices=mesh.size,
         processes=jax.process_count(), compile_s=round(time.perf_counter() - t0, 3),
     )  # fmt: skip
     end = num_steps if stop_after is None else min(num_steps, stop_after)
@@ -512,7 +516,7 @@ def final_evaluation(config, workdir: Path, data: ava.AvaData, mesh, *, compiler
         eval_fn, state, data.test, mesh, batch_size=config.eval.batch_size,
         crop=config.data.crop, desc="test",
     )  # fmt: skip
-    arch = nima_config.arch(config.model)
+    arch = nima_config.arch(config)
     title = (
         f"NIMA on AVA, test split ({result['n']} images): {data.description}\n"
         f"Backbone: {config.model.backbone} {arch or ''}, {weights_description(config)}; "
@@ -528,8 +532,8 @@ def final_evaluation(config, workdir: Path, data: ava.AvaData, mesh, *, compiler
         run = {k: result[k] for k in ("step", "data", "weights", "variant")}
         test = {k: result[k] for k in ("n", "emd", "lcc", "srcc", "accuracy")}
         run.update(workdir=str(workdir), test=test)
-        nima_api.save_nima(
-            eval_model(jax.device_get(state)), workdir / nima_api.NIMA_EXPORT_DIR,
+        nima.save_nima(
+            eval_model(jax.device_get(state)), workdir / nima.NIMA_EXPORT_DIR,
             backbone=config.model.backbone, arch=arch, run=run, overwrite=True,
         )  # fmt: skip
     write_json(workdir / EVAL_FILE, result)

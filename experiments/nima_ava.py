@@ -10,8 +10,10 @@ AVA: `--ava-dir` holds AVA.txt and the images (`common.data.ava`); train/test id
 `--train-list/--test-list`, or found beside AVA.txt
 (`aesthetics_image_lists/generic_ls_train.jpgl` + `generic_test.jpgl`, or `train_ids.txt` +
 `test_ids.txt`), else a seeded random split. The config is `common/nima_config.py` (`:paper`,
-`:smoke`, plus `--config.a.b=value` overrides); `--smoke` is `:smoke` (narrow network, 72 -> 64
-images, six steps). `--backbone vgg16` is the NIMA format "vgg16_gap".
+`:smoke`, plus `--config.a.b=value` overrides); `--smoke` is `:smoke` (BN-Inception at 1/8
+width, 72 -> 64 images, six steps; a narrow VGG16 with `--backbone vgg16`). The backbone is
+BN-Inception (the paper's) unless `--backbone` or the config says otherwise; `--backbone vgg16`
+is the NIMA format "vgg16_gap".
 
 At the end: the test evaluation (EMD, LCC, SRCC, accuracy at 5) beside the NIMA paper's AVA
 row, stored as WORKDIR/eval.json, and the model as WORKDIR/export, which PIEA takes as
@@ -38,7 +40,7 @@ _AVA_DIR = flags.DEFINE_string("ava-dir", None, "AVA directory: AVA.txt and the 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Work directory (default workdirs/nima_ava).")
 _BACKBONE = flags.DEFINE_enum(
     "backbone", None, ["bn_inception", "vgg16", "mobilenet_v2"],
-    "Backbone (default: the config's; paper: bn_inception). vgg16 = NIMA format vgg16_gap.",
+    "Backbone (default: the config's, bn_inception = the paper's). vgg16 = NIMA vgg16_gap.",
 )  # fmt: skip
 _IMAGENET = flags.DEFINE_string(
     "imagenet-weights", None, "ImageNet checkpoint of the backbone (without: random backbone)."
@@ -81,8 +83,8 @@ def main(argv: list[str]) -> int:
         config = nima_config.get_config("smoke" if _SMOKE.value else "paper")
     if _BACKBONE.value:
         config.model.backbone = _FORMATS[_BACKBONE.value]
-        if _SMOKE.value and config.model.backbone != "vgg16_gap":
-            config.model.width = 0.125 if config.model.backbone == "bn_inception" else 1
+        if _SMOKE.value:
+            config.model.width = nima_config.SMOKE_WIDTH[config.model.backbone]
     if _IMAGENET.value:
         config.model.imagenet_weights = _IMAGENET.value
     if not config.model.imagenet_weights:

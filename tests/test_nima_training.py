@@ -11,7 +11,6 @@ from absl import flags
 from flax import nnx
 
 from common import nima, nima_config, nima_training
-from common import nima_shim as nima_api
 from common.data import ava
 from common.training import make_mesh
 from experiments import nima_ava
@@ -45,7 +44,7 @@ def _tiny_config():
 
 
 def test_train_step_rates_batch_stats_and_dropout(monkeypatch):
-    monkeypatch.setattr(nima_api, "make_nima", _tiny_make_nima)
+    monkeypatch.setattr(nima, "make_nima", _tiny_make_nima)
     config = nima_training.resolve_steps_per_epoch(_tiny_config(), 24)
     state = nima_training._init_state(config, jax.random.key(0))
     rng = np.random.default_rng(0)
@@ -114,16 +113,60 @@ def _params(workdir, config):
     return jax.device_get((state.params, state.batch_stats, state.opt_state))
 
 
-def test_smoke_cli_resume_equals_uninterrupted_and_export_guides_piea(ava_dir, tmp_path, capsys):
+def _smoke_config(backbone: str):
     config = nima_config.get_config("smoke")
+    config.model.backbone = backbone
+    config.model.width = nima_config.SMOKE_WIDTH[backbone]
+    return config
+
+
+@pytest.mark.parametrize("backbone", ["bn_inception", "mobilenet_v2", "vgg16_gap"])
+def test_every_backbone_builds_its_train_state(backbone):
+    """The smoke config of each backbone builds (shapes only): parameters split into the head
+    (Dense(features, 10)) and the backbone, batch statistics where the network has them."""
+    config = nima_training.resolve_steps_per_epoch(_smoke_config(backbone), 24)
+    state = nima_training.abstract_train_state(config, jax.random.key(0))
+    features = {"bn_inception": 128, "mobilenet_v2": 1280, "vgg16_gap": 32}[backbone]
+    assert state.params["head"]["kernel"].shape == (features, 10)
+    labels = jax.tree.leaves(nima_training.param_labels(state.params))
+    assert labels.count("head") == 2 and labels.count("backbone") == len(labels) - 2 > 10
+    assert bool(jax.tree.leaves(state.batch_stats)) == (backbone != "vgg16_gap")
+    assert (
+        nima_config.arch(config)
+        == {
+            "bn_inception": {"width": 0.125, "input_size": 64},
+            "mobilenet_v2": {},
+            "vgg16_gap": {"width": 16},
+        }[backbone]
+    )
+
+
+@pytest.mark.parametrize(
+    "backbone",
+    [
+        # The paper's network: ~20 s to compile its training step, ~10 s the guided search.
+        pytest.param("bn_inception", marks=pytest.mark.slow),
+        "vgg16",
+    ],
+)
+def test_smoke_cli_resume_equals_uninterrupted_and_export_guides_piea(
+    backbone, ava_dir, tmp_path, capsys
+):
+    name = {"bn_inception": "bn_inception", "vgg16": "vgg16_gap"}[backbone]
+    config = _smoke_config(name)
+    cli = ["--ava-dir", str(ava_dir), "--smoke"]
+    if backbone != "bn_inception":  # the default: the command without --backbone
+        cli += ["--backbone", backbone]
     # The command end to end (the smoke config on all devices of this process).
     straight = tmp_path / "straight"
-    assert _run_cli(["--ava-dir", str(ava_dir), "--workdir", str(straight), "--smoke"]) == 0
+    assert _run_cli([*cli, "--workdir", str(straight)]) == 0
     out = capsys.readouterr()
     assert "NIMA paper, Inception-v2 (AVA)" in out.out and "this run (step 6)" in out.out
+    assert f"--nima-backbone {name}" in out.out
     assert "RANDOM weights" in out.err or "random" in out.out
     stored = json.loads((straight / "eval.json").read_text())
     assert stored["n"] == len(_open(ava_dir, config).test) and stored["step"] == 6
+    assert stored["backbone"] == name and stored["arch"] == nima_config.arch(config)
     skipped = json.loads((straight / "ava_skipped.json").read_text())
     assert {s["id"] for s in skipped["images"]} == {*fx.BROKEN, fx.MISSING}
     # Re-running a finished work directory prints the stored table, trains nothing.
@@ -132,13 +175,12 @@ def test_smoke_cli_resume_equals_uninterrupted_and_export_guides_piea(ava_dir, t
     assert stored["table"] in capsys.readouterr().out
     assert (straight / "metrics.jsonl").stat().st_mtime == mtime
 
-    # The same run stopped at step 3 and resumed, through the library: equal at step 6.
-    data = _open(ava_dir, config)
-    mesh = make_mesh(jax.devices())
+    # The same command stopped at step 3 and run again: it resumes and ends equal at step 6
+    # (the same compiled programs as the straight run: the process reuses them).
     resumed = tmp_path / "resumed"
-    kw = dict(mesh=mesh, compiler_options=FAST_COMPILE)
-    assert nima_training.train_and_evaluate(config, resumed, data, stop_after=3, **kw) == {}
-    result = nima_training.train_and_evaluate(config, resumed, data, **kw)
+    assert _run_cli([*cli, "--workdir", str(resumed), "--stop-after", "3"]) == 0
+    assert not (resumed / "eval.json").exists()
+    assert _run_cli([*cli, "--workdir", str(resumed)]) == 0
     a, b = _params(straight, config), _params(resumed, config)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7), a, b)
     losses = [
@@ -149,14 +191,26 @@ def test_smoke_cli_resume_equals_uninterrupted_and_export_guides_piea(ava_dir, t
     assert sorted(losses[1]) == [1, 2, 3, 4, 5, 6]
     for step in losses[0]:
         assert losses[1][step] == pytest.approx(losses[0][step], rel=1e-5)
+    result = json.loads((resumed / "eval.json").read_text())
     assert result["emd"] == pytest.approx(stored["emd"], rel=1e-4)
 
-    # The export loads and guides PIEA's enhancer for one step.
-    model = nima_api.load_nima(straight, backbone="vgg16_gap")
+    # The export loads (the narrow network, its training size) and guides PIEA for one step.
+    model = nima.load_nima(straight, backbone=name)
+    if name == "bn_inception":
+        assert model.input_size == 64 and model.backbone.width == 0.125
     photo = data_fixtures.image(0, (32, 48)).astype(np.float32) / 255.0
     result = enhance(photo[None] * 0.5, nima_guider(model), steps=1)
     assert np.asarray(result.scores).shape == (1, 2)
     assert np.all(np.isfinite(result.scores)) and np.all(np.isfinite(result.images))
+    # The export is the last checkpoint's network in evaluation mode.
+    state, _ = nima_training.restore_state(straight, config, make_mesh(jax.devices()[:1]))
+    images = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 64, 64, 3)), jnp.float32)
+    np.testing.assert_allclose(
+        nnx.jit(lambda m, x: m(x))(model, images),
+        jax.jit(nima_training.eval_step)(state, images),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_bad_ava_dir_is_a_clear_error(tmp_path, capsys):
