@@ -32,20 +32,20 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from flax import nnx, struct
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
 from common import vgg, xla_options
+from common.training import (  # noqa: F401  (re-exported: this module's public names)
+    DATA_AXIS,
+    NonFiniteLossError,
+    batch_sharding,
+    check_finite,
+    make_mesh,
+    replicated,
+)
 from qagan_jax import losses, models
-
-DATA_AXIS = "data"
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss became NaN or Inf; the state returned by that step is the last good one."""
 
 
 class Generators(nnx.Module):
@@ -221,21 +221,6 @@ def _init_state(config: ml_collections.ConfigDict, key: jax.Array) -> TrainState
         schedule=schedule,
         settings=settings,
     )
-
-
-def make_mesh(devices=None) -> Mesh:
-    """A 1-D mesh over `devices` (default: all) with the batch axis `data`."""
-    devices = jax.devices() if devices is None else list(devices)
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P())
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over `data`, everything else replicated."""
-    return NamedSharding(mesh, P(DATA_AXIS))
 
 
 def create_train_state(
@@ -476,11 +461,4 @@ def assert_finite(metrics: Mapping[str, Any], step: int | None = None) -> None:
 
     Call it on every step's metrics before logging or checkpointing (it syncs with the device).
     """
-    if float(metrics["finite"]) == 1.0:
-        return
-    bad = {k: float(v) for k, v in metrics.items() if k != "finite" and not np.isfinite(float(v))}
-    where = "" if step is None else f" at step {step}"
-    raise NonFiniteLossError(
-        f"QAGAN: non-finite loss{where}: {bad}; the update was discarded and training stops "
-        "(the last good state is the one returned with these metrics)."
-    )
+    check_finite(metrics, step, what="QAGAN")

@@ -27,124 +27,43 @@ and only process 0 writes files other than checkpoints.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import logging
 import os
-import signal
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import grain
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from tqdm import tqdm
 
 from common import data as qdata
 from common import nima
 from common.images import save_image, to_uint8
+from common.training import (  # noqa: F401  (WorkdirMismatchError, prepare_workdir re-exported)
+    MetricsWriter,
+    WorkdirMismatchError,
+    checkpoint_manager,
+    fetch_window,
+    is_main,
+    loop_context,
+    prepare_workdir,
+    restore_checkpoint,
+    restore_latest,
+    save_checkpoint,
+    sharded_abstract,
+    window_record,
+    write_json,
+)
+from common.training import make_batch as _make_batch  # a module name tests can patch
 from qagan_jax import evaluate as qeval
 from qagan_jax import train
 
 logger = logging.getLogger(__name__)
-
-
-class WorkdirMismatchError(ValueError):
-    """The work directory belongs to a run with another config or other data."""
-
-
-@dataclasses.dataclass
-class _Interrupt:
-    """SIGINT -> a flag the loop checks between steps (a second SIGINT interrupts at once)."""
-
-    requested: bool = False
-
-    def handler(self, signum, frame):
-        del signum, frame
-        self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        tqdm.write(
-            "Interrupted: saving a checkpoint at the end of this step (Ctrl-C again to quit now)"
-        )
-
-
-def _is_main() -> bool:
-    return jax.process_index() == 0
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    """Atomic JSON write (temporary file, then rename); process 0 only."""
-    if not _is_main():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    temp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
-    os.replace(temp, path)
-
-
-def _config_differences(a: Mapping, b: Mapping, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key, "<missing>"), b.get(key, "<missing>")
-        if isinstance(va, Mapping) and isinstance(vb, Mapping):
-            out += _config_differences(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            out.append(f"{prefix}{key}: {vb!r} in the work directory, {va!r} now")
-    return out
-
-
-def prepare_workdir(
-    workdir: Path, config: ml_collections.ConfigDict, split: Mapping, *, resume_config: bool
-) -> ml_collections.ConfigDict:
-    """Creates the work directory or checks it belongs to this run; returns the config to use.
-
-    With `resume_config` (no config given on the command line) an existing `config.json` is
-    used as it is; otherwise it must equal `config`. `split.json` must always match the data.
-    """
-    workdir.mkdir(parents=True, exist_ok=True)
-    config_path, split_path = workdir / "config.json", workdir / "split.json"
-    if config_path.exists():
-        stored = json.loads(config_path.read_text())
-        if resume_config:
-            config = ml_collections.ConfigDict(stored)
-        else:
-            diff = _config_differences(json.loads(config.to_json()), stored)
-            if diff:
-                raise WorkdirMismatchError(
-                    f"{workdir} holds a run with another config ({'; '.join(diff[:6])}"
-                    f"{' ...' if len(diff) > 6 else ''}); use another --workdir, or re-run "
-                    "without config flags to resume that run"
-                )
-    if split_path.exists():
-        stored_split = json.loads(split_path.read_text())
-        if stored_split.get("ids") != split.get("ids"):
-            raise WorkdirMismatchError(
-                f"{workdir} was trained on other data ({stored_split.get('description')}); "
-                f"now: {split.get('description')}. Use another --workdir."
-            )
-    _write_json(config_path, json.loads(config.to_json()))
-    _write_json(split_path, dict(split))
-    return config
-
-
-class MetricsWriter:
-    """metrics.jsonl (process 0): appends one JSON object per line, flushed each time."""
-
-    def __init__(self, path: Path, **common):
-        self.path = path
-        self.common = common
-
-    def write(self, **record) -> None:
-        if not _is_main():
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps({**record, **self.common}) + "\n")
 
 
 def _sample_records(dataset: qdata.Dataset, count: int, size: int) -> list[dict]:
@@ -196,36 +115,14 @@ def _nima_scorer(eval_cfg: ml_collections.ConfigDict):
     return f"NIMA: {eval_cfg.nima_backbone} from {eval_cfg.nima_weights}", score
 
 
-def _make_batch(local: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Array]:
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
-
-
-def _checkpoint_manager(workdir: Path, keep: int) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, enable_async_checkpointing=True, create=True
-    )
-    return ocp.CheckpointManager(workdir / "checkpoints", options=options)
-
-
 def _abstract_state(config, mesh) -> train.TrainState:
-    abstract = train.abstract_train_state(config, jax.random.key(config.seed))
-    shardings = train.state_shardings(abstract, mesh)
-    return jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
-    )
+    # The states are replicated (train.state_shardings): every leaf on every device.
+    return sharded_abstract(train.abstract_train_state(config, jax.random.key(config.seed)), mesh)
 
 
-def restore_state(workdir: Path, config, mesh, step: int | None = None) -> tuple[Any, int]:
+def restore_state(workdir, config, mesh, step: int | None = None) -> tuple[train.TrainState, int]:
     """(TrainState, step) of the latest (or given) complete checkpoint in a work directory."""
-    with ocp.CheckpointManager(workdir / "checkpoints") as manager:
-        step = manager.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"{workdir}: no complete checkpoint in {workdir}/checkpoints")
-        restored = manager.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract_state(config, mesh))),
-        )
-    return restored["state"], step
+    return restore_latest(Path(workdir), _abstract_state(config, mesh), step)
 
 
 def train_and_evaluate(
@@ -281,17 +178,10 @@ def train_and_evaluate(
         seed=config.seed,
         worker_count=config.data.worker_count,
     )
-    manager = _checkpoint_manager(workdir, t.keep_checkpoints)
+    manager = checkpoint_manager(workdir, t.keep_checkpoints)
     start = manager.latest_step() or 0
     if start:
-        restored = manager.restore(
-            start,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(_abstract_state(config, mesh)),
-                data=grain.checkpoint.CheckpointRestore(data_iter),
-            ),
-        )
-        state = restored["state"]
+        state = restore_checkpoint(manager, start, _abstract_state(config, mesh), data_iter)
         logger.info("resumed from %s at step %d", workdir / "checkpoints", start)
     sharding = train.batch_sharding(mesh)
     key = jax.random.key(config.seed)
@@ -316,30 +206,14 @@ def train_and_evaluate(
     samples = _sample_records(dataset, t.num_samples, 4 * config.data.image_size)
     end = num_steps if stop_after is None else min(num_steps, stop_after)
 
-    def save(step, state):
-        manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(data_iter),
-            ),
-        )
-
-    interrupt = _Interrupt()
-    previous_handler = signal.getsignal(signal.SIGINT)
-    in_main_thread = hasattr(signal, "SIGINT") and _can_handle_signals()
-    if in_main_thread:
-        signal.signal(signal.SIGINT, interrupt.handler)
     pending: list[tuple[int, dict]] = []
     step = start
-    window_start, window_steps = time.perf_counter(), 0
-    bar = tqdm(total=num_steps, initial=start, desc="QAGAN", unit="step", disable=not _is_main())
-    try:
+    window_start = time.perf_counter()
+    with loop_context(manager, total=num_steps, initial=start, desc="QAGAN") as (interrupt, bar):
         while step < end and not interrupt.requested:
             batch = _make_batch(next(data_iter), sharding)
             state, metrics = step_fn(state, batch, jax.random.fold_in(key, step))
             step += 1
-            window_steps += 1
             pending.append((step, metrics))
             bar.update(1)
             last = step == end
@@ -347,29 +221,22 @@ def train_and_evaluate(
             checkpoint_now = step % t.checkpoint_every == 0 or last or interrupt.requested
             if log_now or checkpoint_now:
                 # The one host sync: every step's metrics since the last check, NaN check first.
-                fetched = jax.device_get(pending)
-                pending = []
-                for s, m in fetched:
-                    train.assert_finite(m, s)
                 elapsed = time.perf_counter() - window_start
-                losses = {k: float(np.mean([m[k] for _, m in fetched])) for k in fetched[-1][1]}
-                losses.pop("finite")
-                losses["lr"] = float(fetched[-1][1]["lr"])  # at the step, not averaged
-                record = dict(type="train", step=step, **losses)
-                record["steps_per_s"] = window_steps / elapsed
-                record["examples_per_s"] = window_steps * t.batch_size / elapsed
-                metrics_log.write(**record)
+                losses = fetch_window(
+                    pending, elapsed=elapsed, batch_size=t.batch_size, what="QAGAN"
+                )
+                metrics_log.write(type="train", step=step, **losses)
                 bar.set_postfix(
                     g=f"{losses['g_total']:.3f}", d=f"{losses['d_total']:.3f}",
                     cyc=f"{losses['cycle']:.3f}", refresh=False,
                 )  # fmt: skip
-                window_start, window_steps = time.perf_counter(), 0
+                window_start = time.perf_counter()
             if checkpoint_now:
-                save(step, state)
+                save_checkpoint(manager, step, state, data_iter)
             extra_work = False
             if t.sample_every and (step % t.sample_every == 0 or last) and samples:
                 outputs = enhancer(state, np.stack([r["image"] for r in samples]))
-                if _is_main():
+                if is_main():
                     write_sample_grid(
                         workdir / "samples" / f"step_{step:07d}.png", samples, outputs
                     )
@@ -383,12 +250,6 @@ def train_and_evaluate(
                 extra_work = True
             if extra_work:
                 window_start = time.perf_counter()
-    finally:
-        bar.close()
-        if in_main_thread:
-            signal.signal(signal.SIGINT, previous_handler)
-        manager.wait_until_finished()
-        manager.close()
     if step < num_steps:
         metrics_log.write(type="stop", step=step, reason="interrupted" if interrupt.requested
                           else "stop_after")  # fmt: skip
@@ -396,10 +257,6 @@ def train_and_evaluate(
             raise KeyboardInterrupt(f"stopped at step {step}; checkpoint saved in {workdir}")
         return {}
     return final_evaluation(config, workdir, dataset, mesh, compiler_options=compiler_options)
-
-
-def _can_handle_signals() -> bool:
-    return threading.current_thread() is threading.main_thread()
 
 
 def _eval_split(dataset: qdata.Dataset, name: str):
@@ -446,7 +303,7 @@ def _evaluate_and_store(config, workdir, dataset, enhancer, state, step) -> dict
     nima_description, nima_score = _nima_scorer(config.eval)
     records = qdata.eval_dataset(source)
     with tqdm(total=len(source), desc=f"evaluate {name}", unit="image",
-              disable=not _is_main(), leave=False) as bar:  # fmt: skip
+              disable=not is_main(), leave=False) as bar:  # fmt: skip
         result = qeval.evaluate(
             functools.partial(enhancer, state),
             records,
@@ -459,7 +316,7 @@ def _evaluate_and_store(config, workdir, dataset, enhancer, state, step) -> dict
         step=step, split=name, data=dataset.description, nima_weights=nima_description,
         vgg=train.encoder_description(config),
     )  # fmt: skip
-    _write_json(workdir / "eval" / f"{name}_step_{step:07d}.json", result)
+    write_json(workdir / "eval" / f"{name}_step_{step:07d}.json", result)
     return result
 
 
@@ -488,7 +345,7 @@ def final_evaluation(config, workdir: Path, dataset, mesh, *, compiler_options=N
         f"Encoder: {result['vgg']}. {result['nima_weights']}. G_H at step {step}."
     )
     table = qeval.format_table(result, title=title, label=f"G_H at step {step}", rows=rows)
-    if _is_main():
+    if is_main():
         (workdir / "eval" / "table.txt").write_text(table + "\n")
     result["table"] = table
     return result

@@ -152,7 +152,8 @@ def _as_batch(pair: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
     return {"low": pair[0], "high": pair[1]}
 
 
-def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+def process_shard(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    """(process_index, process_count), each defaulting to JAX's; checked to be consistent."""
     if process_index is None or process_count is None:
         import jax
 
@@ -227,14 +228,9 @@ def train_iterator(
     Raises:
       ValueError: the batch does not divide among the processes, or a domain is empty.
     """
-    process_index, process_count = _process(process_index, process_count)
-    if global_batch_size % process_count:
-        raise ValueError(
-            f"global_batch_size {global_batch_size} is not divisible by the {process_count} "
-            "processes"
-        )
+    process_index, process_count = process_shard(process_index, process_count)
+    rows = local_rows(global_batch_size, process_count)
     hold = worker_count == 0 if in_memory is None else in_memory
-    rows = global_batch_size // process_count
     streams = []
     for stream, source in enumerate((low, high)):
         dataset = grain.MapDataset.source(source)
@@ -242,19 +238,80 @@ def train_iterator(
             raise ValueError(f"no {('low', 'high')[stream]} images: the domain is empty")
         if hold:
             dataset = grain.MapDataset.source(hold_in_memory(dataset, force=in_memory is True))
-        shuffle_seed, map_seed = stream_seeds(seed, stream)
-        # One global stream of examples (the shuffle and each example's crop and flips depend
-        # only on its position in it), cut into blocks of `rows`: step t of process p is block
-        # t * process_count + p, i.e. rows [p * rows, (p + 1) * rows) of the global batch t.
-        # So any number of processes sees exactly the global batches of one process, and each
-        # process prepares only its own rows.
         streams.append(
-            dataset.shuffle(seed=shuffle_seed)
-            .repeat()
-            .random_map(_Augment(crop_size, image_size), seed=map_seed)
-            .batch(rows, drop_remainder=True)[process_index::process_count]
+            global_stream(
+                dataset,
+                _Augment(crop_size, image_size),
+                rows=rows,
+                seeds=stream_seeds(seed, stream),
+                process_index=process_index,
+                process_count=process_count,
+            )
         )
     batches = grain.experimental.ZipMapDataset(parents=streams).map(_as_batch)
+    return to_iterator(
+        batches,
+        read_threads=read_threads,
+        prefetch_batches=prefetch_batches,
+        worker_count=worker_count,
+    )
+
+
+def local_rows(global_batch_size: int, process_count: int) -> int:
+    """Rows of the global batch each process prepares; raises ValueError if they don't divide."""
+    if global_batch_size % process_count:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} is not divisible by the {process_count} "
+            "processes"
+        )
+    return global_batch_size // process_count
+
+
+def global_stream(
+    dataset: grain.MapDataset,
+    augment: grain.transforms.RandomMap,
+    *,
+    rows: int,
+    seeds: tuple[int, int],
+    process_index: int,
+    process_count: int,
+) -> grain.MapDataset:
+    """One endless, shuffled, augmented stream of this process's batches (module docstring).
+
+    Args:
+      dataset: the examples.
+      augment: per-example random transformation (grain draws its generator from `seeds[1]`
+        and the example's position in the endless stream).
+      rows: examples per process per step (`local_rows`).
+      seeds: (shuffle seed, augmentation seed), e.g. `stream_seeds(seed, stream)`.
+      process_index, process_count: this process and the number of processes.
+
+    Returns:
+      A `MapDataset` whose element t is this process's rows of global batch t.
+    """
+    shuffle_seed, map_seed = seeds
+    # One global stream of examples (the shuffle and each example's random draws depend only
+    # on its position in it), cut into blocks of `rows`: step t of process p is block
+    # t * process_count + p, i.e. rows [p * rows, (p + 1) * rows) of the global batch t.
+    # So any number of processes sees exactly the global batches of one process, and each
+    # process prepares only its own rows.
+    return (
+        dataset.shuffle(seed=shuffle_seed)
+        .repeat()
+        .random_map(augment, seed=map_seed)
+        .batch(rows, drop_remainder=True)[process_index::process_count]
+    )
+
+
+def to_iterator(
+    batches: grain.MapDataset,
+    *,
+    read_threads: int = 2,
+    prefetch_batches: int = 4,
+    worker_count: int = 0,
+) -> grain.DatasetIterator:
+    """The saveable grain iterator over `batches`: `read_threads` threads preparing up to
+    `prefetch_batches` ahead, or `worker_count` worker processes (see `train_iterator`)."""
     pipeline = batches.to_iter_dataset(
         grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
     )
@@ -276,5 +333,5 @@ def eval_dataset(source, *, process_index=None, process_count=None) -> grain.Map
     Returns:
       A grain `MapDataset` (`len`, `[i]`, iterable) of the records, in the source's order.
     """
-    process_index, process_count = _process(process_index, process_count)
+    process_index, process_count = process_shard(process_index, process_count)
     return grain.MapDataset.source(source)[process_index::process_count]
