@@ -134,7 +134,7 @@ _FORMATS = {
         "common.nima",
         "classifier.2.weight",
         "IQA-PyTorch NIMA_VGG16_ava-dc4e8265.pth",
-        arch=("width",),
+        arch=("width", "dropout"),
     ),
     "vgg16_flatten": _Format(
         "common.nima", "classifier.1.weight", "Neural-IMage-Assessment (2020 release)"
@@ -444,17 +444,22 @@ def save_nima(
     )
 
 
-def make_nima_vgg16_gap(*, rngs: nnx.Rngs | None = None, width: int = 1) -> Nima:
+def make_nima_vgg16_gap(
+    *, rngs: nnx.Rngs | None = None, width: int = 1, dropout: float = 0.0
+) -> Nima:
     """IQA-PyTorch's `NIMA_VGG16_ava` structure with random weights: VGG16 features to pool5
     (ImageNet mean/std inside), global average pool, Linear(512, 10), softmax; 224 input.
-    No dropout (IQA-PyTorch removed it). `width` divides the VGG channels (`common.vgg.VGG`)
-    for narrow smoke runs; checkpoints need 1."""
+    No dropout by default (IQA-PyTorch removed it; training here uses the NIMA paper's 0.75).
+    `width` divides the VGG channels (`common.vgg.VGG`) for narrow smoke runs; checkpoints
+    need 1."""
     if not isinstance(width, int) or width < 1:
         raise ValueError(f"vgg16_gap width is a channel divisor, an int >= 1; got {width!r}")
     rngs = rngs or nnx.Rngs(0)
     backbone = VGG("vgg16", taps=("pool5",), width=width, rngs=rngs)
     features = backbone.channels["pool5"]
-    return Nima(backbone, features=features, tap="pool5", dropout=0.0, input_size=224, rngs=rngs)
+    return Nima(
+        backbone, features=features, tap="pool5", dropout=dropout, input_size=224, rngs=rngs
+    )
 
 
 def nima_vgg16_gap(tensors: Mapping[str, np.ndarray], *, source: str) -> Nima:

@@ -92,13 +92,14 @@ def arch(config: ml_collections.ConfigDict) -> dict:
 
     BN-Inception also records its training size (`data.crop`) as `input_size`, so that a
     guider or metric using the exported model resizes to what it was trained on (a smoke
-    model: 64). The VGG16 and MobileNetV2 formats fix theirs at 224.
+    model: 64). The VGG16 and MobileNetV2 formats fix theirs at 224. Every head trains with
+    the NIMA paper's dropout 0.75 (the VGG16 format's own default is none, as IQA-PyTorch's).
     """
     backbone = config.model.backbone
     if backbone == "bn_inception":
         return {"width": float(config.model.width), "input_size": int(config.data.crop)}
     if backbone == "vgg16_gap":
-        return {"width": int(config.model.width)}
+        return {"width": int(config.model.width), "dropout": 0.75}
     if backbone == "mobilenet_v2":
         return {}
     raise ValueError(f"unknown NIMA backbone {backbone!r}: {', '.join(BACKBONES)}")

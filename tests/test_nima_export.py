@@ -55,14 +55,18 @@ def test_make_nima_architecture_arguments(trained):
     assert not trained.dropout.deterministic  # built for training
     vgg = nnx.eval_shape(lambda: make_nima("vgg16_gap", width=16))
     assert vgg.backbone.channels["pool5"] == 32 and vgg.head.kernel.shape == (32, 10)
+    assert vgg.dropout.rate == 0.0  # IQA-PyTorch's head; training asks for the paper's 0.75
+    assert (
+        nnx.eval_shape(lambda: make_nima("vgg16_gap", width=16, dropout=0.75)).dropout.rate == 0.75
+    )
     with pytest.raises(
         TypeError, match=r"'width' for NIMA backbone 'mobilenet_v2' \(it takes none"
     ):
         make_nima("mobilenet_v2", width=2)
     with pytest.raises(
-        TypeError, match=r"'dropout' for NIMA backbone 'vgg16_gap' \(it takes width"
+        TypeError, match=r"'input_size' for NIMA backbone 'vgg16_gap' \(it takes width, dropout"
     ):
-        make_nima("vgg16_gap", dropout=0.5)
+        make_nima("vgg16_gap", input_size=64)
     with pytest.raises(ValueError, match="unknown NIMA backbone 'bninception'"):
         make_nima("bninception")
     with pytest.raises(ValueError, match="width must be positive"):

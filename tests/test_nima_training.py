@@ -136,7 +136,7 @@ def test_every_backbone_builds_its_train_state(backbone):
         == {
             "bn_inception": {"width": 0.125, "input_size": 64},
             "mobilenet_v2": {},
-            "vgg16_gap": {"width": 16},
+            "vgg16_gap": {"width": 16, "dropout": 0.75},
         }[backbone]
     )
 
