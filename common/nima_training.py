@@ -482,9 +482,8 @@ def train_and_evaluate(
             checkpoint_now = step % t.checkpoint_every == 0 or last or interrupt.requested
             if step % t.log_every == 0 or checkpoint_now:
                 # The one host sync: every step's metrics since the last one, NaN check first.
-                elapsed = time.perf_counter() - window_start
                 record = fetch_window(
-                    pending, elapsed=elapsed, batch_size=t.batch_size, what="NIMA"
+                    pending, window_start=window_start, batch_size=t.batch_size, what="NIMA"
                 )
                 metrics_log.write(type="train", step=step, **record)
                 bar.set_postfix(emd=f"{record['loss']:.4f}", refresh=False)

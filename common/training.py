@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -259,11 +260,16 @@ def loop_context(
 
 
 def fetch_window(
-    pending: list[tuple[int, Any]], *, elapsed: float, batch_size: int, what: str
+    pending: list[tuple[int, Any]], *, window_start: float, batch_size: int, what: str
 ) -> dict[str, float]:
     """The one host sync of a log window: fetches every step's metrics, stops on a non-finite
-    loss (`check_finite`), returns `window_record`. Empties `pending`."""
+    loss (`check_finite`), returns `window_record`. Empties `pending`.
+
+    `window_start` is the window's `time.perf_counter()` start; the window ends after the
+    fetch, because steps are dispatched asynchronously and only the fetch waits for them.
+    """
     fetched = jax.device_get(pending)
+    elapsed = time.perf_counter() - window_start
     pending.clear()
     for step, metrics in fetched:
         check_finite(metrics, step, what=what)

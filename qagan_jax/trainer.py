@@ -221,9 +221,8 @@ def train_and_evaluate(
             checkpoint_now = step % t.checkpoint_every == 0 or last or interrupt.requested
             if log_now or checkpoint_now:
                 # The one host sync: every step's metrics since the last check, NaN check first.
-                elapsed = time.perf_counter() - window_start
                 losses = fetch_window(
-                    pending, elapsed=elapsed, batch_size=t.batch_size, what="QAGAN"
+                    pending, window_start=window_start, batch_size=t.batch_size, what="QAGAN"
                 )
                 metrics_log.write(type="train", step=step, **losses)
                 bar.set_postfix(
