@@ -48,7 +48,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 from tqdm import tqdm
 
-from common import nima, nima_config, nima_metrics, xla_options
+from common import nima, nima_config, nima_metrics, training, xla_options
 from common.data import ava
 from common.training import (
     MetricsWriter,
@@ -165,11 +165,6 @@ def abstract_train_state(config, key) -> TrainState:
     return jax.eval_shape(_initializer(config.to_json(sort_keys=True)), key)
 
 
-def state_shardings(state: TrainState, mesh: Mesh):
-    """Every leaf replicated (data parallelism)."""
-    return jax.tree.map(lambda _: replicated(mesh), state)
-
-
 def create_train_state(config, key, mesh, *, compiler_options=None) -> TrainState:
     """The initial state, replicated over `mesh` (made inside `jit`: nothing big on the host).
 
@@ -275,26 +270,14 @@ def eval_step(state: TrainState, images: jax.Array) -> jax.Array:
 
 
 def jit_train_step(state, mesh, *, compiler_options=None):
-    """`train_step` compiled with explicit shardings: the state replicated and donated, the
-    batch split over `data`, key and metrics replicated."""
-    shard = state_shardings(state, mesh)
-    return jax.jit(
-        train_step,
-        in_shardings=(shard, batch_sharding(mesh), replicated(mesh)),
-        out_shardings=(shard, replicated(mesh)),
-        donate_argnums=0,
-        compiler_options=xla_options.compiler_options(mesh.devices.flat, compiler_options),
-    )
+    """`train_step` compiled with explicit shardings (`common.training.jit_train_step`: the
+    state replicated and donated, the batch split over `data`)."""
+    return training.jit_train_step(train_step, state, mesh, compiler_options=compiler_options)
 
 
 def jit_eval_step(state, mesh, *, compiler_options=None):
     """`eval_step` compiled with the batch split over `data`."""
-    return jax.jit(
-        eval_step,
-        in_shardings=(state_shardings(state, mesh), batch_sharding(mesh)),
-        out_shardings=batch_sharding(mesh),
-        compiler_options=xla_options.compiler_options(mesh.devices.flat, compiler_options),
-    )
+    return training.jit_eval_step(eval_step, state, mesh, compiler_options=compiler_options)
 
 
 def resolve_steps_per_epoch(config, num_train: int):

@@ -33,6 +33,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
+from common import xla_options
+
 DATA_AXIS = "data"
 
 
@@ -60,6 +62,37 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Leading (batch) axis split over `data`, everything else replicated."""
     return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def state_shardings(state, mesh: Mesh):
+    """Shardings of a training state: every leaf replicated (data parallelism)."""
+    return jax.tree.map(lambda _: replicated(mesh), state)
+
+
+def jit_train_step(step_fn, state, mesh: Mesh, *, compiler_options=None):
+    """`step_fn(state, batch, key) -> (state, metrics)` compiled with explicit shardings: the
+    state replicated and donated, the batch split over `data`, key and metrics replicated. It
+    compiles once per state structure and batch shape; the global batch must divide by the
+    mesh size. `compiler_options` add to (and override) the CPU defaults of
+    `common.xla_options`."""
+    shard = state_shardings(state, mesh)
+    return jax.jit(
+        step_fn,
+        in_shardings=(shard, batch_sharding(mesh), replicated(mesh)),
+        out_shardings=(shard, replicated(mesh)),
+        donate_argnums=0,
+        compiler_options=xla_options.compiler_options(mesh.devices.flat, compiler_options),
+    )
+
+
+def jit_eval_step(eval_fn, state, mesh: Mesh, *, compiler_options=None):
+    """`eval_fn(state, batch)` compiled with the batch (and its output) split over `data`."""
+    return jax.jit(
+        eval_fn,
+        in_shardings=(state_shardings(state, mesh), batch_sharding(mesh)),
+        out_shardings=batch_sharding(mesh),
+        compiler_options=xla_options.compiler_options(mesh.devices.flat, compiler_options),
+    )
 
 
 def make_batch(local: Mapping[str, np.ndarray], sharding) -> dict[str, jax.Array]:

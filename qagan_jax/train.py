@@ -36,7 +36,7 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh
 
-from common import vgg, xla_options
+from common import training, vgg, xla_options
 from common.training import (  # noqa: F401  (re-exported: this module's public names)
     DATA_AXIS,
     NonFiniteLossError,
@@ -44,6 +44,7 @@ from common.training import (  # noqa: F401  (re-exported: this module's public 
     check_finite,
     make_mesh,
     replicated,
+    state_shardings,
 )
 from qagan_jax import losses, models
 
@@ -421,39 +422,23 @@ def eval_step(state: TrainState, images_low: jax.Array) -> jax.Array:
     return gens.g_h(encoder(_to_unit(x)), x).astype(jnp.float32)
 
 
-def state_shardings(state: TrainState, mesh: Mesh) -> TrainState:
-    """Shardings of the state: every leaf replicated (data parallelism)."""
-    return jax.tree.map(lambda _: replicated(mesh), state)
-
-
 def jit_train_step(
     state: TrainState, mesh: Mesh, *, compiler_options: Mapping[str, Any] | None = None
 ):
-    """`train_step` compiled with explicit shardings: state replicated and donated, batch split
-    over `data`, key and metrics replicated. Returns `f(state, batch, key)`; it compiles once
-    per state structure and batch shape. The global batch must divide by the mesh size.
-    `compiler_options` add to (and override) the CPU defaults of `common.xla_options`.
+    """`train_step` compiled with explicit shardings (`common.training.jit_train_step`: state
+    replicated and donated, batch split over `data`). Returns `f(state, batch, key)`; it
+    compiles once per state structure and batch shape. The global batch must divide by the
+    mesh size. `compiler_options` add to (and override) the CPU defaults of
+    `common.xla_options`.
     """
-    shard = state_shardings(state, mesh)
-    return jax.jit(
-        train_step,
-        in_shardings=(shard, batch_sharding(mesh), replicated(mesh)),
-        out_shardings=(shard, replicated(mesh)),
-        donate_argnums=0,
-        compiler_options=xla_options.compiler_options(mesh.devices.flat, compiler_options),
-    )
+    return training.jit_train_step(train_step, state, mesh, compiler_options=compiler_options)
 
 
 def jit_eval_step(
     state: TrainState, mesh: Mesh, *, compiler_options: Mapping[str, Any] | None = None
 ):
     """`eval_step` compiled with the batch split over `data`; returns `f(state, images)`."""
-    return jax.jit(
-        eval_step,
-        in_shardings=(state_shardings(state, mesh), batch_sharding(mesh)),
-        out_shardings=batch_sharding(mesh),
-        compiler_options=xla_options.compiler_options(mesh.devices.flat, compiler_options),
-    )
+    return training.jit_eval_step(eval_step, state, mesh, compiler_options=compiler_options)
 
 
 def assert_finite(metrics: Mapping[str, Any], step: int | None = None) -> None:
